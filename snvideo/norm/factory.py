@@ -1,0 +1,46 @@
+"""build_norm: the one place where a normalization kind becomes a layer.
+
+Every backbone builds its norms through this function, so swapping BN for SN is one config word.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from .switchnorm import SwitchNorm1d, SwitchNorm2d, SwitchNorm3d
+from .sync import SyncSwitchNorm
+
+NORM_KINDS = ("bn", "syncbn", "gn", "in", "ln", "sn", "syncsn")
+
+_BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+_IN = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
+_SN = {1: SwitchNorm1d, 2: SwitchNorm2d, 3: SwitchNorm3d}
+
+
+def build_norm(kind: str, num_features: int, dim: int = 3, **kwargs) -> nn.Module:
+    """A normalization layer for `num_features` channels of a `dim`-D (1, 2 or 3) feature map.
+
+    kinds: bn, syncbn, gn (num_groups, default 32), in (affine, per-sample statistics in eval
+    too), ln (GroupNorm with one group: statistics over C and S per sample), sn, syncsn.
+    Extra kwargs go to the layer's constructor (eps, momentum, using_bn, ...).
+    """
+    if kind not in NORM_KINDS:
+        raise ValueError(f"unknown norm kind {kind!r}; valid kinds: {', '.join(NORM_KINDS)}")
+    if dim not in (1, 2, 3):
+        raise ValueError(f"norm dim must be 1, 2 or 3, got {dim!r}")
+    if kind == "bn":
+        return _BN[dim](num_features, **kwargs)
+    if kind == "syncbn":
+        return nn.SyncBatchNorm(num_features, **kwargs)
+    if kind == "gn":
+        num_groups = kwargs.pop("num_groups", 32)
+        if num_features % num_groups:
+            raise ValueError(f"gn: num_groups={num_groups} does not divide {num_features} channels")
+        return nn.GroupNorm(num_groups, num_features, **kwargs)
+    if kind == "in":
+        kwargs.setdefault("affine", True)
+        return _IN[dim](num_features, **kwargs)
+    if kind == "ln":
+        return nn.GroupNorm(1, num_features, **kwargs)
+    if kind == "sn":
+        return _SN[dim](num_features, **kwargs)
+    return SyncSwitchNorm(num_features, **kwargs)

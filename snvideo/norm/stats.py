@@ -1,0 +1,72 @@
+"""Running statistics of norm layers: batch-average recomputation and freezing."""
+from __future__ import annotations
+
+import contextlib
+import itertools
+from typing import Iterable, Iterator
+
+import torch
+from torch import nn
+
+from .switchnorm import _SwitchNorm
+
+
+def _stat_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules()
+            if isinstance(m, (_SwitchNorm, nn.modules.batchnorm._BatchNorm))
+            and m.running_mean is not None]
+
+
+@contextlib.contextmanager
+def frozen_norm_stats(model: nn.Module) -> Iterator[None]:
+    """Within the block, train-mode forwards of SN and BatchNorm layers leave running statistics
+    untouched (used for the recompute pass of activation checkpointing)."""
+    layers = _stat_layers(model)
+    saved = [m.track_running_stats for m in layers]
+    for m in layers:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m, flag in zip(layers, saved):
+            m.track_running_stats = flag
+
+
+def _first_input(batch, device: torch.device) -> torch.Tensor:
+    inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return inputs.to(device, non_blocking=True)
+
+
+@torch.no_grad()
+def recompute_norm_stats(model: nn.Module, batches: Iterable, num_batches: int = 200) -> int:
+    """Reset the running statistics of every SN and BatchNorm layer in `model` and recompute them
+    as the plain average over up to `num_batches` batches (the SN paper's "batch average").
+
+    `batches` yields input tensors or (input, label, ...) tuples, e.g. a DataLoader. Forwards run
+    in train mode without gradients; the model's modes and momenta are restored afterwards.
+    Returns the number of batches used.
+    """
+    layers = _stat_layers(model)
+    if not layers:
+        return 0
+    modes = [(m, m.training) for m in model.modules()]
+    momenta = [m.momentum for m in layers]
+    tracking = [m.track_running_stats for m in layers]
+    device = next(itertools.chain(model.parameters(), model.buffers())).device
+    used = 0
+    try:
+        for m in layers:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches below
+            m.track_running_stats = True
+        model.train()
+        for batch in itertools.islice(batches, num_batches):
+            model(_first_input(batch, device))
+            used += 1
+    finally:
+        for m, momentum, flag in zip(layers, momenta, tracking):
+            m.momentum = momentum
+            m.track_running_stats = flag
+        for m, training in modes:
+            m.training = training
+    return used
