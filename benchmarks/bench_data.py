@@ -1,0 +1,291 @@
+"""Data-loading throughput per worker: clips/s of one process on one core.
+
+    python benchmarks/bench_data.py [--quick] [--workdir DIR] [--videos 10] [--clips 100]
+                                    [--gop 16]
+
+Videos: Kinetics-like 10 s, 340x256, 30 fps H.264 (libx264 defaults, so one keyframe per 250
+frames), generated once and cached in --workdir; plus the same re-encoded by
+`data_tools/resize_videos.py --short-side 256 --gop 16`.  A clip is 32 frames at interval 2
+(63 frames) at a random offset.  Methods, each timed on both sets:
+
+* bare decord: open + `get_batch` (decord with one thread), as MMAction2's DecordInit/Decode;
+* ours: one `snvideo.data.VideoDataset` training item (decode + sample + augment with
+  `train_transform(256, 224)`);
+* PyAV seek: open, seek to the keyframe at or before the clip, decode forward to its end.
+
+The process is pinned to one CPU and every library is told to use one thread, so the numbers
+are what each DataLoader worker delivers.  Rates are clips per second of this process's CPU
+time (robust to other load on a shared machine); wall-clock rates are printed below the table.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CLIP_LEN, INTERVAL = 32, 2
+SPAN = (CLIP_LEN - 1) * INTERVAL + 1
+
+
+# --------------------------------------------------------------------------------------------
+# Videos
+# --------------------------------------------------------------------------------------------
+
+def _texture(rng: np.random.Generator, size: int, cutoff: float) -> np.ndarray:
+    f = np.fft.fftfreq(size)
+    r2 = f[:, None] ** 2 + f[None, :] ** 2
+    spec = np.fft.fft2(rng.standard_normal((size, size, 3)), axes=(0, 1))
+    tex = np.fft.ifft2(spec * np.exp(-r2 / (2 * cutoff ** 2))[..., None], axes=(0, 1)).real
+    tex = (tex - tex.mean()) / (tex.std() + 1e-8)
+    return tex
+
+
+def _bounce(x: float, limit: int) -> int:
+    """Triangle wave: x reflected into [0, limit)."""
+    x = abs(x) % (2 * (limit - 1))
+    return int(x if x < limit - 1 else 2 * (limit - 1) - x)
+
+
+def kinetics_like_frames(rng: np.random.Generator, frames: int = 300, height: int = 256,
+                         width: int = 340) -> np.ndarray:
+    """A panning textured scene with a few moving textured patches and sensor noise: enough
+    detail and motion that H.264 P/B-frames cost about what real footage costs to decode."""
+    size = 512
+    bg = 128 + 40 * _texture(rng, size, 0.02) + 18 * _texture(rng, size, 0.15)
+    out = np.empty((frames, height, width, 3), np.uint8)
+    pan = rng.uniform(-2.0, 2.0, 2)
+    patches = [(_texture(rng, 64, 0.1) * 50 + rng.uniform(60, 200, 3),
+                rng.uniform(0, [width - 64, height - 64]), rng.uniform(-3, 3, 2))
+               for _ in range(3)]
+    for t in range(frames):  # everything bounces (no jumps that would cause scene cuts)
+        oy = _bounce(100 + pan[0] * t, size - height)
+        ox = _bounce(100 + pan[1] * t, size - width)
+        img = bg[oy:oy + height, ox:ox + width].copy()
+        for tex, (x0, y0), (vx, vy) in patches:
+            x, y = _bounce(x0 + vx * t, width - 64), _bounce(y0 + vy * t, height - 64)
+            img[y:y + 64, x:x + 64] = tex
+        img += rng.normal(0, 3, img.shape)
+        out[t] = np.clip(img, 0, 255).astype(np.uint8)
+    return out
+
+
+def prepare_videos(workdir: Path, count: int, seed: int = 0,
+                   gop: int = 16) -> tuple[list[Path], list[Path]]:
+    """(default-GOP videos, dense-GOP re-encodes), generated once and cached in ``workdir``."""
+    from snvideo.data.synthetic import write_video
+
+    src, dense = workdir / "default_gop", workdir / f"gop{gop}"
+    videos = []
+    for i in range(count):
+        path = src / f"clip{i:03d}.mp4"
+        if not path.exists():
+            t0 = time.perf_counter()
+            frames = kinetics_like_frames(np.random.default_rng([seed, i]))
+            write_video(path, frames, fps=30, codec="h264", threads=0)
+            print(f"  generated {path.name} in {time.perf_counter() - t0:.1f}s", flush=True)
+        videos.append(path)
+    sys.path.insert(0, str(REPO / "data_tools"))
+    import resize_videos
+
+    rc = resize_videos.main([str(src), str(dense), "--short-side", "256", "--gop", str(gop),
+                             "--workers", str(min(8, os.cpu_count() or 1))])
+    if rc != 0:
+        raise SystemExit(f"resize_videos failed with status {rc}")
+    return videos, [dense / v.name for v in videos]
+
+
+# --------------------------------------------------------------------------------------------
+# Readers
+# --------------------------------------------------------------------------------------------
+
+def clip_indices(rng: np.random.Generator, num_frames: int) -> np.ndarray:
+    start = int(rng.integers(0, max(1, num_frames - SPAN + 1)))
+    return np.minimum(start + INTERVAL * np.arange(CLIP_LEN), num_frames - 1)
+
+
+def decord_clip(path: Path, rng: np.random.Generator) -> np.ndarray:
+    import decord
+
+    vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    return vr.get_batch(clip_indices(rng, len(vr)).tolist()).asnumpy()
+
+
+def pyav_clip(path: Path, rng: np.random.Generator) -> np.ndarray:
+    """Seek to the keyframe at or before the clip's first frame, decode forward to its end."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        fps = float(stream.average_rate)
+        first_pts = stream.start_time or 0
+        num_frames = stream.frames or int(float(stream.duration * stream.time_base) * fps)
+        wanted = clip_indices(rng, num_frames)
+        want = set(wanted.tolist())
+        target = first_pts + int(round(wanted[0] / fps / stream.time_base))
+        container.seek(target, stream=stream, backward=True, any_frame=False)
+        got: dict[int, np.ndarray] = {}
+        for frame in container.decode(stream):
+            idx = int(round(float((frame.pts - first_pts) * stream.time_base) * fps))
+            if idx in want:
+                got[idx] = frame.to_ndarray(format="rgb24")
+            if idx >= wanted[-1]:
+                break
+        return np.stack([got[i] for i in wanted])
+
+
+def make_ours(paths: list[Path], workdir: Path,
+              tag: str) -> Callable[[Path, np.random.Generator], object]:
+    """A reader that fetches one training item of VideoDataset (its own random offset)."""
+    from snvideo.data import VideoDataset, train_transform
+
+    ann = workdir / f"list_{tag}.txt"
+    root = paths[0].parent
+    ann.write_text("".join(f"{p.name} 0\n" for p in paths))
+    ds = VideoDataset(str(ann), str(root), clip_len=CLIP_LEN, frame_interval=INTERVAL,
+                      num_clips=1, test_mode=False,
+                      transform=train_transform(256, 224))
+    index = {p.name: i for i, p in enumerate(paths)}
+
+    def read(path: Path, rng: np.random.Generator) -> object:
+        return ds[index[path.name]]
+
+    return read
+
+
+def time_cells(cells: dict[tuple[str, str], tuple[Callable, list[Path]]], clips: int,
+               seed: int) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], float]]:
+    """clips/s of every (method, video set) cell, by process CPU time and by wall time.
+
+    Cells take turns clip by clip, so a change in background load affects all of them alike;
+    CPU time (all threads of this process) is the headline number because it does not count
+    the time other processes hold the core.
+    """
+    order = np.random.default_rng(seed).permutation(clips)
+    cpu = dict.fromkeys(cells, 0.0)
+    wall = dict.fromkeys(cells, 0.0)
+    rngs = {key: np.random.default_rng([seed, i]) for i, key in enumerate(cells)}
+    for read, paths in cells.values():  # warm-up: imports, first open
+        read(paths[0], np.random.default_rng(seed + 1))
+    for i in order:
+        for key, (read, paths) in cells.items():
+            path = paths[i % len(paths)]
+            c0, w0 = time.process_time(), time.perf_counter()
+            read(path, rngs[key])
+            cpu[key] += time.process_time() - c0
+            wall[key] += time.perf_counter() - w0
+    return ({key: clips / t for key, t in cpu.items()},
+            {key: clips / t for key, t in wall.items()})
+
+
+# --------------------------------------------------------------------------------------------
+
+def pin_to_one_core() -> str:
+    try:
+        cpu = sorted(os.sched_getaffinity(0))[0]
+        os.sched_setaffinity(0, {cpu})
+        return f"pinned to CPU {cpu}"
+    except (AttributeError, OSError):
+        return "not pinned"
+
+
+def machine_line() -> str:
+    import av
+    import decord
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"{model}, {os.cpu_count()} CPUs (load average {load}), Python "
+            f"{platform.python_version()}, torch {torch.__version__}, decord "
+            f"{decord.__version__}, PyAV {av.__version__}")
+
+
+def fmt(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", type=Path,
+                   default=Path(tempfile.gettempdir()) / "snvideo_bench_data",
+                   help="where the benchmark videos are generated and cached")
+    p.add_argument("--videos", type=int, default=10, help="number of 10 s videos (default 10)")
+    p.add_argument("--clips", type=int, default=100, help="clips timed per method and set")
+    p.add_argument("--quick", action="store_true", help="4 videos, 6 clips per measurement")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gop", type=int, default=16, help="keyframe interval of the re-encode")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.videos, args.clips = min(args.videos, 4), 6
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    print(f"preparing {args.videos} videos in {args.workdir} ...", flush=True)
+    default_gop, dense_gop = prepare_videos(args.workdir, args.videos, args.seed, args.gop)
+    pinned = pin_to_one_core()
+
+    methods: dict[str, Callable[[list[Path], str], Callable] | None] = {
+        "bare decord (open + get_batch)": lambda paths, tag: decord_clip,
+        "ours: VideoDataset item (decode + sample + train_transform(256, 224))":
+            lambda paths, tag: make_ours(paths, args.workdir, tag),
+        "PyAV seek (keyframe seek + decode forward)": lambda paths, tag: pyav_clip,
+    }
+    cells = {}
+    rates: dict[tuple[str, str], float] = {}
+    for name, factory in methods.items():
+        for tag, paths in (("default", default_gop), ("dense", dense_gop)):
+            try:
+                cells[name, tag] = (factory(paths, tag), paths)
+            except ImportError as e:
+                print(f"  {name}: skipped ({e})")
+                rates[name, tag] = float("nan")
+    print(f"timing {args.clips} clips per cell, cells interleaved ...", flush=True)
+    by_cpu, by_wall = time_cells(cells, args.clips, args.seed)
+    rates.update(by_cpu)
+    print()
+    print(f"Machine: {machine_line()}; one process, one thread ({pinned}); "
+          f"{args.videos} videos 10 s 340x256 30 fps; clip {CLIP_LEN}x{INTERVAL}; "
+          f"{args.clips} clips per cell")
+    print()
+    print(f"| method | clips/CPU-s, default GOP (250) | clips/CPU-s, GOP {args.gop} "
+          f"| GOP {args.gop} / default |")
+    print("|---|---:|---:|---:|")  # clips per CPU-second
+    for name in methods:
+        a, b = rates[name, "default"], rates[name, "dense"]
+        print(f"| {name} | {fmt(a)} | {fmt(b)} | {fmt(b / a)}x |")
+    ours, bare = list(methods)[1], list(methods)[0]
+    print()
+    for tag, label in (("default", "default GOP"), ("dense", f"GOP {args.gop}")):
+        ratio = rates[ours, tag] / rates[bare, tag]
+        print(f"ours / bare decord, {label}: {fmt(ratio)} (target >= 0.9)")
+    dense = rates[ours, "dense"] / rates[ours, "default"]
+    print(f"dense GOP / default GOP, ours: {fmt(dense)}x (target >= 2x)")
+    if by_wall:
+        walls = ", ".join(f"{name.split(':')[0].split(' (')[0]} [{tag}] {fmt(r)}"
+                          for (name, tag), r in by_wall.items())
+        print(f"(wall-clock clips/s, includes time other processes held the core: {walls})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

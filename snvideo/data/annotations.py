@@ -1,0 +1,192 @@
+"""Annotation files -> video records: the Kinetics CSV, mmaction2 list files, rawframe lists.
+
+Kinetics CSV: header `label,youtube_id,time_start,time_end,split` (optional `is_cc`; the test
+split has no label column). Videos are `{youtube_id}_{start:06d}_{end:06d}.<any video ext>` under
+the root, flat or in class folders (named after the label, spaces kept or turned into
+underscores); the root is indexed once by file stem. Class indices follow the sorted names.
+
+List file: `relative/path.mp4 label` per line (label an int index, paths relative to the root);
+classes are the label ints as strings unless a label map is given.
+
+Rawframe list: `frame_dir total_frames label` per line.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".3gp", ".ogv", ".wmv", ".ts"}
+)
+KINETICS_COLUMNS = ("youtube_id", "time_start", "time_end")
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    path: str  # where the video is (root joined)
+    label: int  # class index, -1 when the annotation has no label
+    video_id: str  # Kinetics "{youtube_id}_{start:06d}_{end:06d}" or the list file's relative path
+    num_frames: int = 0  # rawframe lists only
+
+
+@dataclass
+class Annotations:
+    records: list[VideoRecord]
+    classes: list[str]
+    missing: list[str] = field(default_factory=list)  # ids listed in the file but absent on disk
+    format: str = "list"  # "kinetics_csv", "list" or "rawframes"
+
+
+def read_class_names(classes: Sequence[str] | str | os.PathLike | None) -> list[str] | None:
+    """A label map: a list of names, or a text file with one class name per line (index = line)."""
+    if classes is None:
+        return None
+    if isinstance(classes, (str, os.PathLike)):
+        lines = Path(classes).read_text(encoding="utf-8").splitlines()
+        return [line.strip() for line in lines if line.strip()]
+    return [str(name) for name in classes]
+
+
+def write_label_map(classes: Sequence[str], path: str | os.PathLike) -> None:
+    """One class name per line; the line number is the class index."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{name}\n" for name in classes), encoding="utf-8")
+
+
+def detect_format(ann_file: str | os.PathLike) -> str:
+    """"kinetics_csv", "list" or "rawframes", from the first non-empty line."""
+    with open(ann_file, encoding="utf-8") as f:
+        first = next((line.strip() for line in f if line.strip()), "")
+    if "youtube_id" in first and "," in first:
+        return "kinetics_csv"
+    fields = first.split()
+    if len(fields) >= 3 and fields[-1].isdigit() and fields[-2].isdigit():
+        return "rawframes"
+    return "list"
+
+
+def load_annotations(
+    ann_file: str | os.PathLike, root: str | os.PathLike, classes: Sequence[str] | str | None = None
+) -> Annotations:
+    """Video records of a Kinetics CSV or a list file (format detected), missing files split off."""
+    fmt = detect_format(ann_file)
+    if fmt == "kinetics_csv":
+        return _load_kinetics_csv(ann_file, root, read_class_names(classes))
+    if fmt == "rawframes":
+        raise ValueError(f"{ann_file} looks like a rawframe list (frame_dir total_frames label); use RawFrameDataset")
+    return _load_list(ann_file, root, read_class_names(classes))
+
+
+def index_videos(root: str | os.PathLike) -> dict[str, list[str]]:
+    """Every video file under `root` (recursively), by file stem. One walk of the tree."""
+    by_stem: dict[str, list[str]] = {}
+    for folder, _, files in os.walk(root, followlinks=True):
+        for name in files:
+            stem, ext = os.path.splitext(name)
+            if ext.lower() in VIDEO_EXTENSIONS:
+                by_stem.setdefault(stem, []).append(os.path.join(folder, name))
+    for paths in by_stem.values():
+        paths.sort()
+    return by_stem
+
+
+def kinetics_video_id(youtube_id: str, time_start: str, time_end: str) -> str:
+    return f"{youtube_id}_{int(float(time_start)):06d}_{int(float(time_end)):06d}"
+
+
+def _load_kinetics_csv(ann_file, root, classes: list[str] | None) -> Annotations:
+    with open(ann_file, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if rows and any(column not in rows[0] for column in KINETICS_COLUMNS):
+        raise ValueError(f"{ann_file}: a Kinetics CSV needs the columns {', '.join(KINETICS_COLUMNS)}")
+    has_labels = bool(rows) and "label" in rows[0]
+    if classes is None:
+        classes = sorted({row["label"] for row in rows}) if has_labels else []
+    class_index = {name: i for i, name in enumerate(classes)}
+    videos = index_videos(root)
+    records, missing = [], []
+    for line, row in enumerate(rows, start=2):
+        video_id = kinetics_video_id(row["youtube_id"], row["time_start"], row["time_end"])
+        label_name = row.get("label") if has_labels else None
+        if label_name is not None and label_name not in class_index:
+            raise ValueError(f"{ann_file}:{line}: label {label_name!r} is not in the given classes")
+        path = _pick(videos.get(video_id) or videos.get(row["youtube_id"]), label_name)
+        if path is None:
+            missing.append(video_id)
+            continue
+        label = class_index[label_name] if label_name is not None else -1
+        records.append(VideoRecord(path=path, label=label, video_id=video_id))
+    return Annotations(records, list(classes), missing, "kinetics_csv")
+
+
+def _pick(paths: list[str] | None, label: str | None) -> str | None:
+    """Prefer the copy inside the label's class folder when a stem exists more than once."""
+    if not paths:
+        return None
+    if label is not None and len(paths) > 1:
+        folders = {label, label.replace(" ", "_")}
+        for path in paths:
+            if os.path.basename(os.path.dirname(path)) in folders:
+                return path
+    return paths[0]
+
+
+def _load_list(ann_file, root, classes: list[str] | None) -> Annotations:
+    entries = []
+    for line_number, line in _lines(ann_file):
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise ValueError(f"{ann_file}:{line_number}: expected 'relative/path label', got {line!r}")
+        entries.append((parts[0], int(parts[1]), line_number))
+    classes = _classes_for_int_labels(ann_file, [(label, n) for _, label, n in entries], classes)
+    records, missing = [], []
+    for relative, label, _ in entries:
+        path = os.path.join(root, relative)
+        if os.path.isfile(path):
+            records.append(VideoRecord(path=path, label=label, video_id=relative))
+        else:
+            missing.append(relative)
+    return Annotations(records, classes, missing, "list")
+
+
+def load_rawframe_annotations(
+    ann_file: str | os.PathLike, root: str | os.PathLike, classes: Sequence[str] | str | None = None
+) -> Annotations:
+    """Records of a `frame_dir total_frames label` list; frame folders absent on disk split off."""
+    entries = []
+    for line_number, line in _lines(ann_file):
+        parts = line.rsplit(maxsplit=2)
+        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+            raise ValueError(f"{ann_file}:{line_number}: expected 'frame_dir total_frames label', got {line!r}")
+        entries.append((parts[0], int(parts[1]), int(parts[2]), line_number))
+    names = _classes_for_int_labels(ann_file, [(label, n) for *_, label, n in entries], read_class_names(classes))
+    records, missing = [], []
+    for frame_dir, num_frames, label, _ in entries:
+        path = os.path.join(root, frame_dir)
+        if os.path.isdir(path) and num_frames > 0:
+            records.append(VideoRecord(path=path, label=label, video_id=frame_dir, num_frames=num_frames))
+        else:
+            missing.append(frame_dir)
+    return Annotations(records, names, missing, "rawframes")
+
+
+def _classes_for_int_labels(ann_file, labels: list[tuple[int, int]], classes: list[str] | None) -> list[str]:
+    top = max((label for label, _ in labels), default=-1)
+    if classes is None:
+        return [str(i) for i in range(top + 1)]
+    for label, line_number in labels:
+        if label >= len(classes):
+            raise ValueError(f"{ann_file}:{line_number}: label {label} is outside the {len(classes)} given classes")
+    return classes
+
+
+def _lines(ann_file):
+    with open(ann_file, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            line = line.strip()
+            if line and not line.startswith("#"):
+                yield line_number, line

@@ -1,0 +1,264 @@
+"""VideoDataset (video files) and RawFrameDataset (extracted JPEG frames).
+
+Training items are (clip (C, T, H, W) float, label); with num_clips > 1, (num_clips, C, T, H, W).
+Test items are all views of the video, (num_clips * num_crops, C, T, H, W), clip-major.
+
+Bad videos never stop training: a video that cannot be read is logged once (per process),
+counted, and replaced by another random sample (up to max_retries times). The count lives in
+shared memory so DataLoader workers add to the number the trainer reads (dataset.num_failed).
+In test mode the VideoReadError propagates so the evaluator can list the video.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from multiprocessing import context as mp_context
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from .annotations import Annotations, load_annotations, load_rawframe_annotations, write_label_map
+from .errors import VideoReadError
+from .rawframes import RawFrameReader
+from .sampling import train_clip_indices
+from .transforms import TrainTransform, test_transform, train_transform
+from .video_reader import VideoReader
+from .views import FrameSource, load_test_views
+
+logger = logging.getLogger("snvideo.data")
+
+
+class FailureCounter:
+    """An int shared by the dataset and its DataLoader workers (fork or spawn).
+
+    The lock comes from the spawn context: a fork-context lock cannot be handed to spawned
+    workers, while a spawn-context one is inherited by forked workers too. Pickled outside of
+    worker start-up (deepcopy, torch.save) it degrades to a private counter with the same value.
+    """
+
+    def __init__(self, value: int = 0):
+        self._value = multiprocessing.get_context("spawn").Value("q", value)
+
+    @property
+    def value(self) -> int:
+        return int(self._value.value)
+
+    def add(self, amount: int = 1) -> None:
+        with self._value.get_lock():
+            self._value.value += amount
+
+    def reset(self) -> None:
+        with self._value.get_lock():
+            self._value.value = 0
+
+    def __getstate__(self):
+        if mp_context.get_spawning_popen() is not None:
+            return {"shared": self._value}
+        return {"value": self.value}
+
+    def __setstate__(self, state) -> None:
+        if "shared" in state:
+            self._value = state["shared"]
+        else:
+            self.__init__(state["value"])
+
+
+class _ClipDataset(Dataset):
+    """Sampling, transforms and bad-video handling shared by both datasets."""
+
+    def __init__(
+        self,
+        annotations: Annotations,
+        clip_len: int,
+        frame_interval: int,
+        num_clips: int,
+        test_mode: bool,
+        transform: Callable | None,
+        short_side: int,
+        crop_size: int,
+        num_crops: int,
+        max_retries: int,
+        seed: int,
+        source: str,
+    ):
+        self.clip_len, self.frame_interval, self.num_clips = clip_len, frame_interval, num_clips
+        self.test_mode = test_mode
+        self.short_side, self.crop_size, self.num_crops = short_side, crop_size, num_crops
+        self.max_retries, self.seed = max_retries, seed
+        if transform is None:
+            transform = test_transform(short_side, crop_size, num_crops) if test_mode else train_transform(short_side, crop_size)
+        self.transform = transform
+        self.classes: list[str] = annotations.classes
+        self.missing: list[str] = annotations.missing
+        # numpy arrays instead of lists of objects: forked workers then share them copy-free
+        self._paths = np.array([r.path for r in annotations.records], dtype=np.str_)
+        self._video_ids = np.array([r.video_id for r in annotations.records], dtype=np.str_)
+        self.labels = np.array([r.label for r in annotations.records], dtype=np.int64)
+        self._num_frames = np.array([r.num_frames for r in annotations.records], dtype=np.int64)
+        self._failures = FailureCounter()
+        self._logged_paths: set[str] = set()
+        if annotations.missing:
+            shown = ", ".join(annotations.missing[:5]) + (", ..." if len(annotations.missing) > 5 else "")
+            logger.warning(
+                "%d of %d videos listed in %s are missing and were left out (%s); see dataset.missing",
+                len(annotations.missing), len(annotations.missing) + len(self._paths), source, shown,
+            )
+        if len(self._paths) == 0:
+            raise ValueError(f"no readable entries in {source} (missing: {len(annotations.missing)})")
+
+    # -- what subclasses provide
+    def open(self, index: int) -> FrameSource:
+        raise NotImplementedError
+
+    # -- public API
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    @property
+    def num_failed(self) -> int:
+        """Samples replaced because their video could not be read, summed over all workers."""
+        return self._failures.value
+
+    def reset_failures(self) -> None:
+        self._failures.reset()
+
+    def video_path(self, index: int) -> str:
+        return str(self._paths[index])
+
+    def video_id(self, index: int) -> str:
+        return str(self._video_ids[index])
+
+    def write_label_map(self, path: str | os.PathLike) -> None:
+        write_label_map(self.classes, path)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if self.test_mode:
+            with self.open(index) as reader:
+                views, _ = load_test_views(
+                    reader, self.num_clips, self.clip_len, self.frame_interval,
+                    self.short_side, self.crop_size, self.num_crops, self.transform,
+                )
+            return views, int(self.labels[index])
+        # per-item randomness: torch's RNG (seeded per DataLoader worker) mixed with `seed`
+        rng = np.random.default_rng([self.seed, index, int(torch.randint(2**62, ()))])
+        attempt_index, last_error = index, None
+        for _ in range(self.max_retries + 1):
+            try:
+                return self._load_train(attempt_index, rng), int(self.labels[attempt_index])
+            except VideoReadError as err:
+                self._record_failure(err)
+                last_error = err
+                attempt_index = int(rng.integers(len(self)))
+        raise RuntimeError(
+            f"could not load a readable video for item {index} after {self.max_retries} substitutions; "
+            f"last failure: {last_error}"
+        )
+
+    def _load_train(self, index: int, rng: np.random.Generator) -> torch.Tensor:
+        with self.open(index) as reader:
+            num_frames = len(reader)
+            if num_frames < 1:
+                raise VideoReadError(reader.path, "no frames")
+            indices = train_clip_indices(num_frames, self.clip_len, self.frame_interval, self.num_clips, rng)
+            frames = reader.get_frames(indices.reshape(-1))
+        video = frames.permute(0, 3, 1, 2)  # (num_clips * T, C, H, W), channels-last memory
+        if isinstance(self.transform, TrainTransform):
+            generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+            clip = self.transform(video, generator)
+        else:
+            clip = self.transform(tv_tensors.Video(video))
+        if self.num_clips == 1:
+            return clip
+        # all clips shared one crop; split (C, K*T, H, W) into (K, C, T, H, W)
+        channels, _, height, width = clip.shape
+        return clip.reshape(channels, self.num_clips, self.clip_len, height, width).transpose(0, 1).contiguous()
+
+    def _record_failure(self, err: VideoReadError) -> None:
+        self._failures.add(1)
+        if err.path not in self._logged_paths:
+            self._logged_paths.add(err.path)
+            logger.warning("skipping unreadable video %s (%s); a random other sample replaces it", err.path, err.reason)
+
+
+class VideoDataset(_ClipDataset):
+    """Clips decoded from video files listed in a Kinetics CSV or an mmaction2 list file.
+
+    The annotation format is detected (see snvideo.data.annotations); listed videos missing on
+    disk are left out, named in `dataset.missing` and summarised in one warning. `classes` (a
+    list or a label-map file) fixes the class order; `dataset.classes` is the order in use and
+    `dataset.write_label_map(path)` saves it.
+
+    transform=None applies train_transform(short_side, crop_size) in training and
+    test_transform(short_side, crop_size, num_crops) in test mode. A custom transform gets a
+    tv_tensors.Video of uint8 frames (T, C, H, W) and returns a float clip (C, T, H, W) (test
+    mode: (C, T, H, W) or (crops, C, T, H, W) per clip). With num_clips > 1, training clips are
+    transformed together (one crop for all) and returned as (num_clips, C, T, H, W).
+    """
+
+    def __init__(
+        self,
+        ann_file: str | os.PathLike,
+        root: str | os.PathLike,
+        clip_len: int = 16,
+        frame_interval: int = 2,
+        num_clips: int = 1,
+        test_mode: bool = False,
+        transform: Callable | None = None,
+        short_side: int = 256,
+        crop_size: int = 224,
+        num_crops: int = 1,
+        backend: str = "auto",
+        max_retries: int = 10,
+        classes: Sequence[str] | str | None = None,
+        seed: int = 0,
+    ):
+        self.ann_file, self.root, self.backend = os.fspath(ann_file), os.fspath(root), backend
+        annotations = load_annotations(ann_file, root, classes)
+        self.format = annotations.format
+        super().__init__(
+            annotations, clip_len, frame_interval, num_clips, test_mode, transform,
+            short_side, crop_size, num_crops, max_retries, seed, source=self.ann_file,
+        )
+
+    def open(self, index: int) -> VideoReader:
+        return VideoReader(str(self._paths[index]), backend=self.backend)
+
+
+class RawFrameDataset(_ClipDataset):
+    """Clips read from folders of extracted frames listed as `frame_dir total_frames label`."""
+
+    def __init__(
+        self,
+        ann_file: str | os.PathLike,
+        root: str | os.PathLike,
+        clip_len: int = 16,
+        frame_interval: int = 2,
+        num_clips: int = 1,
+        test_mode: bool = False,
+        transform: Callable | None = None,
+        short_side: int = 256,
+        crop_size: int = 224,
+        num_crops: int = 1,
+        max_retries: int = 10,
+        classes: Sequence[str] | str | None = None,
+        seed: int = 0,
+        filename_tmpl: str = "img_{:05d}.jpg",
+        start_index: int = 1,
+    ):
+        self.ann_file, self.root = os.fspath(ann_file), os.fspath(root)
+        self.filename_tmpl, self.start_index = filename_tmpl, start_index
+        annotations = load_rawframe_annotations(ann_file, root, classes)
+        self.format = annotations.format
+        super().__init__(
+            annotations, clip_len, frame_interval, num_clips, test_mode, transform,
+            short_side, crop_size, num_crops, max_retries, seed, source=self.ann_file,
+        )
+
+    def open(self, index: int) -> RawFrameReader:
+        return RawFrameReader(
+            str(self._paths[index]), int(self._num_frames[index]), self.filename_tmpl, self.start_index
+        )

@@ -1,0 +1,185 @@
+"""PyAV decoding with a packet index built on open, so every frame is addressed exactly.
+
+Frame i is by definition the i-th frame a sequential decode yields. On open we demux (no
+decoding) the whole video stream and sort the packet timestamps: the i-th smallest pts is
+frame i's pts. To read frame i we seek to the last keyframe at or before it and decode
+forward, identifying frames by pts. Anything unexpected (a frame without pts, a pts the index
+does not know, a seek that lands after the target) switches to a sequential decode from the
+start, which is slow but right by definition.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+import av
+import numpy as np
+import torch
+
+from .errors import VideoReadError, short_message
+
+
+@dataclass
+class PacketIndex:
+    """How many frames a stream holds and, when timestamps are usable, where each one sits."""
+
+    num_frames: int  # frames a decoder will produce
+    pts: list[int] = field(default_factory=list)  # pts[i] = pts of frame i (empty when not exact)
+    keyframes: list[int] = field(default_factory=list)  # frame indices of keyframes, sorted
+    exact: bool = False  # False: timestamps unusable, address frames by decode count only
+    demux_error: str | None = None  # the demuxer stopped early (truncated / damaged file)
+    packets_seen: int = 0  # also counts empty "drop frame" chunks and edit-list discards
+
+    def __post_init__(self) -> None:
+        self.frame_of_pts = {p: i for i, p in enumerate(self.pts)}
+
+
+def build_index(container, stream) -> PacketIndex:
+    """Demux (without decoding) every packet of `stream` and index their timestamps."""
+    reorders = bool(stream.codec_context is not None and stream.codec_context.has_b_frames)
+    stamps: list[int | None] = []
+    key_stamps: list[int | None] = []
+    first_is_key = False
+    demux_error = None
+    seen = 0
+    try:
+        for packet in container.demux(stream):
+            if packet.pts is None and packet.dts is None and packet.size == 0:
+                continue  # PyAV's end-of-stream flush packet
+            seen += 1
+            if packet.size == 0 or packet.is_discard:  # AVI drop-frame chunks, edit-list cuts
+                continue
+            ts = packet.pts if packet.pts is not None else packet.dts
+            if not stamps:
+                first_is_key = packet.is_keyframe
+            stamps.append(ts)
+            if packet.is_keyframe:
+                key_stamps.append(ts)
+    except av.FFmpegError as err:
+        demux_error = short_message(err)
+    exact = first_is_key and None not in stamps and len(set(stamps)) == len(stamps)
+    if exact and reorders and all(a < b for a, b in zip(stamps, stamps[1:])):
+        # B-frames but timestamps rising in decode order: the container (e.g. AVI) made them up
+        # from the decode order, so they say nothing about display order.
+        exact = False
+    if not exact:
+        return PacketIndex(num_frames=len(stamps), demux_error=demux_error, packets_seen=seen)
+    index = PacketIndex(num_frames=len(stamps), pts=sorted(stamps), exact=True, demux_error=demux_error, packets_seen=seen)
+    index.keyframes = sorted(index.frame_of_pts[p] for p in key_stamps)
+    return index
+
+
+class PyAVBackend:
+    """Frame-accurate random access to one video with PyAV."""
+
+    name = "pyav"
+
+    def __init__(self, path: str, num_threads: int = 1):
+        self.path = path
+        self.num_threads = num_threads
+        self.frames_decoded = 0  # every frame the decoder produced, including those skipped after a seek
+        try:
+            self._container = av.open(path, metadata_errors="ignore")
+        except av.FFmpegError as err:
+            raise VideoReadError(path, f"cannot decode: {short_message(err)}") from err
+        try:
+            if not self._container.streams.video:
+                raise VideoReadError(path, "no video stream")
+            self._stream = self._container.streams.video[0]
+            if self._stream.codec_context is None:
+                raise VideoReadError(path, "cannot decode: no decoder for this codec")
+            if num_threads:
+                self._stream.codec_context.thread_count = num_threads
+            self._index = build_index(self._container, self._stream)
+            self.frames_present = self._index.num_frames
+            # A header that declares more frames than the file holds means the file was cut short:
+            # report the declared length so the missing frames fail loudly instead of vanishing.
+            declared = self._stream.frames or 0
+            truncated = declared > self._index.packets_seen
+            self.num_frames = declared if truncated else self.frames_present
+            self.fps = _stream_fps(self._stream, self.num_frames)
+        except BaseException:
+            self._container.close()
+            raise
+
+    def close(self) -> None:
+        self._container.close()
+
+    def read(self, wanted: np.ndarray) -> torch.Tensor:
+        """Frames at sorted unique indices `wanted` as uint8 (len(wanted), H, W, 3)."""
+        wanted = [int(i) for i in wanted]
+        if wanted and wanted[-1] >= self.frames_present:
+            missing = next(i for i in wanted if i >= self.frames_present)
+            raise VideoReadError(
+                self.path,
+                f"cannot decode frame {missing}: file truncated ({self.frames_present} of {self.num_frames} frames present)",
+            )
+        try:
+            if self._index.exact:
+                try:
+                    return _stack(self._read_by_seeking(wanted))
+                except _AddressingMismatch:
+                    pass
+            return _stack(self._read_sequential(wanted))
+        except av.FFmpegError as err:
+            raise VideoReadError(self.path, f"cannot decode: {short_message(err)}") from err
+
+    def _read_by_seeking(self, wanted: list[int]) -> list[np.ndarray]:
+        index, frames = self._index, []
+        pos = 0
+        while pos < len(wanted):
+            target = wanted[pos]
+            key = index.keyframes[max(bisect.bisect_right(index.keyframes, target) - 1, 0)]
+            self._container.seek(index.pts[key], stream=self._stream, backward=True, any_frame=False)
+            for frame in self._container.decode(self._stream):
+                self.frames_decoded += 1
+                current = index.frame_of_pts.get(frame.pts)
+                if current is None or current > target:
+                    raise _AddressingMismatch  # unknown pts, or the seek landed past the target
+                if current < target:
+                    continue
+                frames.append(frame.to_ndarray(format="rgb24"))
+                pos += 1
+                if pos == len(wanted):
+                    break
+                target = wanted[pos]
+                next_key = index.keyframes[max(bisect.bisect_right(index.keyframes, target) - 1, 0)]
+                if next_key > current + 1:  # cheaper to jump to the keyframe than to decode the gap
+                    break
+            else:
+                raise VideoReadError(self.path, f"cannot decode frame {target}: stream ended early")
+        return frames
+
+    def _read_sequential(self, wanted: list[int]) -> list[np.ndarray]:
+        """Decode from the first frame, counting: correct by definition, used when pts mislead."""
+        frames, pos, count = [], 0, 0
+        with av.open(self.path, metadata_errors="ignore") as container:
+            stream = container.streams.video[0]
+            if self.num_threads:
+                stream.codec_context.thread_count = self.num_threads
+            for frame in container.decode(stream):
+                self.frames_decoded += 1
+                count += 1
+                if count - 1 == wanted[pos]:
+                    frames.append(frame.to_ndarray(format="rgb24"))
+                    pos += 1
+                    if pos == len(wanted):
+                        return frames
+        raise VideoReadError(self.path, f"cannot decode frame {wanted[pos]}: stream ended after {count} frames")
+
+
+class _AddressingMismatch(Exception):
+    """Timestamps did not behave; fall back to counting frames from the start."""
+
+
+def _stack(frames: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(frames)) if frames else torch.empty((0, 0, 0, 3), dtype=torch.uint8)
+
+
+def _stream_fps(stream, num_frames: int) -> float:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate:
+            return float(rate)
+    if stream.duration and stream.time_base and num_frames:
+        return num_frames / float(stream.duration * stream.time_base)
+    return 0.0

@@ -1,0 +1,185 @@
+"""VideoReader: frame-accurate random access to a video file, decord first, PyAV as fallback.
+
+Frame i is the i-th frame a sequential PyAV decode yields. decord is fast but addresses frames
+wrongly in some files, so with backend="auto" a cheap header probe (PyAV, no decoding) and
+decord's own timestamps decide whether decord can be trusted for this file:
+
+- MPEG-4 Part 2 with B-frames (Xvid/DivX style): decord returns neighbouring frames -> PyAV.
+- timestamps missing or not increasing (e.g. AVI with B-frames): decord seeks blindly -> PyAV.
+- decord's frame count differs from the count the container declares (truncated AVI/MP4) -> PyAV.
+- decord cannot open the file (e.g. WebM without duration/cues) or fails to decode -> PyAV.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import av
+import numpy as np
+import torch
+
+from .decord_backend import DecordBackend, decord
+from .errors import VideoReadError, short_message
+from .pyav_backend import PyAVBackend
+
+logger = logging.getLogger("snvideo.data")
+
+BACKENDS = ("auto", "decord", "pyav")
+
+
+@dataclass(frozen=True)
+class ContainerProbe:
+    """What the container header says about the first video stream (no frames decoded)."""
+
+    codec: str
+    has_b_frames: bool
+    declared_frames: int  # 0 when the container does not store a count (Matroska/WebM)
+
+
+def probe_container(path: str) -> ContainerProbe:
+    """Read the container header with PyAV; raises VideoReadError for non-video files.
+
+    Only the MPEG-4 Part 2 decoder may run during stream probing: it is the one codec whose
+    B-frame flag we need, and skipping the others keeps the probe well under a millisecond.
+    """
+    try:
+        with av.open(path, metadata_errors="ignore", options={"codec_whitelist": "mpeg4"}) as container:
+            if not container.streams.video:
+                raise VideoReadError(path, "no video stream")
+            stream = container.streams.video[0]
+            context = stream.codec_context
+            return ContainerProbe(
+                codec=context.name if context is not None else "unknown",
+                has_b_frames=bool(context is not None and context.has_b_frames),
+                declared_frames=int(stream.frames or 0),
+            )
+    except av.FFmpegError as err:
+        raise VideoReadError(path, f"cannot decode: {short_message(err)}") from err
+
+
+def decord_untrusted_reason(probe: ContainerProbe, backend: DecordBackend) -> str | None:
+    """Why decord's frame addressing would be wrong for this file, or None if it looks right."""
+    if probe.codec == "mpeg4" and probe.has_b_frames:
+        return "MPEG-4 Part 2 with B-frames (decord seeks to neighbouring frames)"
+    if probe.declared_frames and probe.declared_frames != backend.num_frames:
+        return f"decord counts {backend.num_frames} frames, the container declares {probe.declared_frames}"
+    return backend.untrusted_reason()
+
+
+class VideoReader:
+    """Random access to the frames of one video.
+
+    `len(reader)` is the frame count, `reader.fps` the average frame rate and
+    `reader.get_frames(indices)` returns uint8 RGB frames (T, H, W, 3) in the requested order
+    (repeats allowed). Every failure surfaces as VideoReadError. `backend` is "decord",
+    "pyav" or "auto" (decord when it can be trusted for this file, PyAV otherwise);
+    `reader.backend` tells which one is in use and `reader.fallback_reason` why PyAV was chosen.
+    `num_threads`: decoder threads (0: the decoder's choice). One by default, as in mmaction2:
+    DataLoader workers are the parallelism, and frame threads add latency to every seek.
+    """
+
+    def __init__(self, path: str | os.PathLike, backend: str = "auto", num_threads: int = 1):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        self.path = str(os.fspath(path))  # plain str (not np.str_) so messages show a clean path
+        self.requested_backend = backend
+        self.fallback_reason: str | None = None
+        self.get_frames_calls = 0
+        self.num_threads = num_threads
+        _check_file(self.path)
+        if backend == "decord":
+            self._backend: DecordBackend | PyAVBackend = DecordBackend(self.path, self.num_threads)
+        elif backend == "pyav":
+            self._backend = PyAVBackend(self.path, self.num_threads)
+        else:
+            self._backend = self._open_auto()
+
+    def _open_auto(self) -> DecordBackend | PyAVBackend:
+        probe = probe_container(self.path)
+        if decord is None:
+            self.fallback_reason = "decord is not installed"
+            return PyAVBackend(self.path, self.num_threads)
+        try:
+            backend = DecordBackend(self.path, self.num_threads)
+        except VideoReadError as err:
+            self.fallback_reason = f"decord cannot open it: {err.reason}"
+        else:
+            self.fallback_reason = decord_untrusted_reason(probe, backend)
+            if self.fallback_reason is None:
+                return backend
+            backend.close()
+        logger.debug("%s: using PyAV (%s)", self.path, self.fallback_reason)
+        return PyAVBackend(self.path, self.num_threads)
+
+    @property
+    def backend(self) -> str:
+        return self._backend.name
+
+    @property
+    def fps(self) -> float:
+        return self._backend.fps
+
+    @property
+    def frames_decoded(self) -> int:
+        """Decode work so far: frames PyAV decoded (seek overhead included) or frames asked of decord."""
+        return self._backend.frames_decoded
+
+    def __len__(self) -> int:
+        return self._backend.num_frames
+
+    def get_frames(self, indices) -> torch.Tensor:
+        """uint8 RGB frames (len(indices), H, W, 3); each distinct frame is decoded once."""
+        self.get_frames_calls += 1
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if indices.size == 0:
+            raise ValueError("get_frames needs at least one frame index")
+        if indices.min() < 0 or indices.max() >= len(self):
+            bad = int(indices[(indices < 0) | (indices >= len(self))][0])
+            raise IndexError(f"frame index {bad} out of range for {self.path} ({len(self)} frames)")
+        wanted, order = np.unique(indices, return_inverse=True)
+        frames = self._read(wanted)
+        if frames.shape[0] != wanted.size:  # never hand back fewer frames than asked for
+            raise VideoReadError(self.path, f"cannot decode: got {frames.shape[0]} of {wanted.size} frames")
+        if wanted.size == indices.size and np.array_equal(wanted, indices):
+            return frames
+        return frames[torch.from_numpy(order.reshape(-1))]
+
+    def _read(self, wanted: np.ndarray) -> torch.Tensor:
+        try:
+            return self._backend.read(wanted)
+        except VideoReadError as err:
+            if self.requested_backend != "auto" or self._backend.name != "decord":
+                raise
+            # auto mode: decord opened the file but cannot decode it; PyAV gets one chance
+            self.fallback_reason = f"decord cannot decode it: {err.reason}"
+            self._backend.close()
+            self._backend = PyAVBackend(self.path, self.num_threads)
+            if self._backend.num_frames < wanted[-1] + 1:
+                raise VideoReadError(self.path, err.reason) from err
+            return self._backend.read(wanted)
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"VideoReader({self.path!r}, backend={self.backend!r}, frames={len(self)}, fps={self.fps:.3f})"
+
+
+def _check_file(path: str) -> None:
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        raise VideoReadError(path, "file not found") from None
+    except OSError as err:
+        raise VideoReadError(path, f"cannot open: {err.strerror or err}") from None
+    if os.path.isdir(path):
+        raise VideoReadError(path, "is a directory")
+    if size == 0:
+        raise VideoReadError(path, "zero-byte file")

@@ -1,0 +1,1 @@
+"""Training and evaluation helpers that sit beside the loops in train.py / test.py."""

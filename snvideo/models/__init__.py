@@ -1,0 +1,46 @@
+"""Video backbones with any normalization: r3d_18, Hara's 3D-ResNets, I3D-ResNets.
+
+    model = build_model("i3d_r50", num_classes=400, norm="sn")
+    load_pretrained_2d(model, "resnet50.pth")   # ImageNet 2D weights, inflated
+
+Every model maps (N, 3, T, H, W) float clips to (N, num_classes) logits and has `fc` (the
+nn.Linear classifier), `dropout` (before fc) and `forward_features` (pooled features).
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable, Mapping
+
+from torch import nn
+
+from .common import norm_factory
+from .i3d import I3D_SPECS, i3d_resnet
+from .inflate import InflateResult, inflate_2d, load_pretrained_2d
+from .resnet import ResNet3d, ResNetSpec
+from .resnet3d import HARA_SPECS, VideoResNet, hara_resnet3d, r3d_18
+
+# arch name -> constructor(num_classes, make_norm, dropout, **arch_kwargs)
+ARCHS: dict[str, Callable[..., nn.Module]] = {
+    "r3d_18": r3d_18,
+    **{name: partial(hara_resnet3d, name) for name in HARA_SPECS},
+    **{name: partial(i3d_resnet, name) for name in I3D_SPECS},
+}
+
+
+def build_model(arch: str, num_classes: int, norm: str = "sn",
+                norm_kwargs: Mapping[str, Any] | None = None, dropout: float = 0.5,
+                **arch_kwargs: Any) -> nn.Module:
+    """Build `arch` with every norm layer from `build_norm(norm, C, dim=3, **norm_kwargs)`.
+
+    arch_kwargs, all archs: zero_init_last_norm (bool), checkpoint_stages (bool).
+    resnet3d_*: conv1_t_size (7), conv1_t_stride (1), no_max_pool (False).
+    i3d_*: conv1_stride_t (2), pool1_stride_t (2), pool2 (True).
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; valid archs: {', '.join(ARCHS)}")
+    return ARCHS[arch](num_classes=num_classes, make_norm=norm_factory(norm, norm_kwargs),
+                       dropout=dropout, **arch_kwargs)
+
+
+__all__ = ["ARCHS", "InflateResult", "ResNet3d", "ResNetSpec", "VideoResNet", "build_model",
+           "inflate_2d", "load_pretrained_2d"]

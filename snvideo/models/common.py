@@ -1,0 +1,92 @@
+"""Pieces every backbone family shares: norm construction, stage checkpointing, weight init."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from snvideo.norm import build_norm, is_switch_norm
+
+# A function from a channel count to a fresh 3D norm layer.
+NormFactory = Callable[[int], nn.Module]
+
+
+def norm_factory(norm: str, norm_kwargs: Mapping[str, Any] | None = None) -> NormFactory:
+    """Bind a norm kind and its constructor kwargs once; blocks only pass the channel count."""
+    kwargs = dict(norm_kwargs or {})
+
+    def make(num_features: int) -> nn.Module:
+        return build_norm(norm, num_features, dim=3, **kwargs)
+
+    return make
+
+
+def run_stage(stage: nn.Module, x: Tensor, checkpointed: bool) -> Tensor:
+    """Run one residual stage, with activation checkpointing when asked and it can matter.
+
+    The recompute pass (in backward) leaves the norms' running statistics as the forward left
+    them, so they are updated exactly once per step, as without checkpointing.
+    """
+    if checkpointed and stage.training and torch.is_grad_enabled():
+        return checkpoint(stage, x, use_reentrant=False,
+                          context_fn=lambda: (contextlib.nullcontext(), restored_buffers(stage)))
+    return stage(x)
+
+
+@contextlib.contextmanager
+def restored_buffers(module: nn.Module) -> Iterator[None]:
+    """Run the block, then put every buffer of `module` back as it was.
+
+    Not `snvideo.norm.frozen_norm_stats`: that switches BatchNorm to its no-running-stats path,
+    which saves fewer tensors for backward than the original forward did, and non-reentrant
+    checkpointing rejects the recompute ("A different number of tensors was saved"). Restoring
+    keeps the recompute on the very same code path.
+    """
+    saved = [(b, b.clone()) for b in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
+def init_weights(model: nn.Module) -> None:
+    """Kaiming-normal (fan_out, relu) convs, norm weight 1 / bias 0, classifier N(0, 0.01).
+
+    SN's mean_weight/var_weight keep their own init (ones: equal importance at the start).
+    This is also torchvision's video-ResNet scheme.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv3d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.zeros_(m.bias)
+        elif _is_norm(m):
+            if getattr(m, "weight", None) is not None:
+                nn.init.ones_(m.weight)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+
+def zero_init_last_norms(model: nn.Module) -> int:
+    """Zero the affine weight of each residual block's last norm (the SN code's `last_gamma`):
+    every block then starts as the identity. Returns the number of norms zeroed."""
+    count = 0
+    for m in model.modules():
+        last = getattr(m, "last_norm", None)
+        if isinstance(last, nn.Module) and getattr(last, "weight", None) is not None:
+            nn.init.zeros_(last.weight)
+            count += 1
+    return count
+
+
+def _is_norm(m: nn.Module) -> bool:
+    return isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm)) or is_switch_norm(m)
+

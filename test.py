@@ -1,0 +1,172 @@
+"""Multi-view test of a trained checkpoint, or top-5 classes of one video.
+
+    python test.py --checkpoint work_dirs/x/best.pth [--config CFG] [key=value ...]
+                   [--out results.json|results.csv] [--strict]
+    torchrun --nproc_per_node=N test.py --checkpoint ... # videos split over N processes
+    python test.py --checkpoint CKPT --video clip.mp4    # single video, top-5 classes
+
+--config is optional: without it the config saved in the checkpoint is used; dotted
+overrides apply on top of either (e.g. test.num_clips=4 test.num_crops=1 data.root=/data/k400).
+The test list is data.test_ann (default data.val_ann). Class names come from the checkpoint,
+else from label_map.txt beside it.
+
+Exit status: 0 done; 1 a video failed with --strict, or --video could not be decoded;
+2 bad arguments, config, or a missing checkpoint / config / annotation / video file.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from snvideo.config import Config, ConfigError, build_config, load_config, parse_overrides
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="checkpoint written by train.py")
+    parser.add_argument("--config", help="YAML config (default: the checkpoint's config)")
+    parser.add_argument("--out", help="write per-video results to .json or .csv")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop with exit status 1 at the first video that fails to decode")
+    parser.add_argument("--video", help="classify this one video and print its top-5 classes")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. test.num_clips=4")
+    return parser.parse_intermixed_args(argv)
+
+
+def fail(message: str, status: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return status
+
+
+def resolve_config(args: argparse.Namespace, checkpoint: dict) -> Config:
+    """--config (or the checkpoint's config) with the command-line overrides applied."""
+    if args.config:
+        return load_config(args.config, args.overrides)
+    raw = checkpoint.get("config")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{args.checkpoint} has no saved config: pass --config")
+    merged = {key: dict(value) if isinstance(value, dict) else value for key, value in raw.items()}
+    for key, value in parse_overrides(args.overrides).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key].update(value)
+        else:
+            merged[key] = value
+    source = "checkpoint config + overrides" if args.overrides else "<checkpoint config>"
+    return build_config(merged, source=source)
+
+
+def class_names(checkpoint: dict, checkpoint_path: str) -> list[str]:
+    names = checkpoint.get("classes")
+    if names:
+        return [str(n) for n in names]
+    label_map = os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), "label_map.txt")
+    if os.path.isfile(label_map):
+        with open(label_map) as f:
+            return [line.strip() for line in f if line.strip()]
+    return []
+
+
+def load_model(cfg: Config, checkpoint: dict, names: list[str]):
+    """The config's architecture with the checkpoint's weights (ConfigError on a mismatch)."""
+    from snvideo.engine.builders import model_from_config
+
+    state = checkpoint.get("model")
+    if not isinstance(state, dict):
+        raise ConfigError("checkpoint has no 'model' state dict")
+    fc = state.get("fc.weight")
+    num_classes = int(fc.shape[0]) if fc is not None else (len(names) or cfg.model.num_classes)
+    if not num_classes:
+        raise ConfigError("cannot tell the number of classes: set model.num_classes")
+    model = model_from_config(cfg.model, num_classes)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
+        raise ConfigError(f"checkpoint weights do not fit model.arch={cfg.model.arch} "
+                          f"norm={cfg.model.norm}: {detail}") from None
+    return model
+
+
+def run_video(args: argparse.Namespace, cfg: Config, model, names: list[str]) -> int:
+    import torch
+
+    from snvideo.data import VideoReadError
+    from snvideo.evaluation import predict_video, top_k
+
+    if not os.path.isfile(args.video):
+        return fail(f"video not found: {args.video}")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
+    try:
+        probs = predict_video(model, args.video, cfg.test, cfg.data, device)
+    except VideoReadError as e:
+        return fail(str(e), 1)  # "cannot read video PATH: reason"
+    t = cfg.test
+    print(f"{args.video} ({t.num_clips} clips x {t.num_crops} crops, {t.average} averaging):")
+    for rank, (index, prob) in enumerate(zip(*top_k(probs, 5)), start=1):
+        name = names[index] if index < len(names) else str(index)
+        print(f"  {rank}. {name:<30} {prob:.4f}")
+    return 0
+
+
+def run_dataset(args: argparse.Namespace, cfg: Config, model, names: list[str]) -> int:
+    from snvideo.engine.builders import check_data_paths, eval_dataset
+    from snvideo.engine.distributed import cleanup, init_distributed
+    from snvideo.evaluation import EvaluationError, evaluate, format_summary, write_results
+
+    check_data_paths(cfg, need_train=False)
+    ann_file = cfg.data.test_ann or cfg.data.val_ann
+    env = init_distributed(args.device)
+    try:
+        try:
+            dataset = eval_dataset(cfg, ann_file, cfg.test.num_clips, cfg.test.num_crops,
+                                   classes=names or None)
+        except ValueError as e:  # unreadable annotation list, or labels the model does not know
+            return fail(str(e).splitlines()[0])
+        model.to(env.device)
+        try:
+            results = evaluate(model, dataset, cfg.test, env, strict=args.strict)
+        except EvaluationError as e:
+            return fail(f"{e.video} failed to decode (--strict): {e.reason}", 1) \
+                if env.is_main else 1
+        if env.is_main:
+            if args.out:
+                write_results(results, args.out)
+            print(format_summary(results, args.out))
+            if args.out:
+                print(f"results written to {args.out}")
+        return 0
+    finally:
+        cleanup(env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.out and os.path.splitext(args.out)[1].lower() not in (".json", ".csv"):
+        return fail(f"--out must end in .json or .csv, got {args.out}")
+    if not os.path.isfile(args.checkpoint):
+        return fail(f"checkpoint not found: {args.checkpoint}")
+    if args.video and int(os.environ.get("RANK", "0")) != 0:
+        return 0  # single-video inference is one process's job
+    from snvideo.engine.checkpoint import load_checkpoint
+
+    try:
+        checkpoint = load_checkpoint(args.checkpoint)
+    except Exception as e:  # not a torch file, or objects weights_only refuses
+        return fail(f"cannot read checkpoint {args.checkpoint}: {str(e).splitlines()[0]}")
+    try:
+        cfg = resolve_config(args, checkpoint)
+        names = class_names(checkpoint, args.checkpoint)
+        model = load_model(cfg, checkpoint, names)
+        if args.video:
+            return run_video(args, cfg, model, names)
+        return run_dataset(args, cfg, model, names)
+    except ConfigError as e:
+        return fail(str(e))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""SyncSwitchNorm across 2 gloo processes equals one SwitchNorm3d on the concatenated batch."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from snvideo.norm import SwitchNorm3d, SyncSwitchNorm
+
+CHANNELS = 4
+
+
+def make_inputs():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, CHANNELS, 2, 3, 4, generator=gen) * 2 + 0.5
+    grad_out = torch.randn(x.shape, generator=gen)
+    state = {
+        "mean_weight": torch.randn(3, generator=gen), "var_weight": torch.randn(3, generator=gen),
+        "weight": torch.randn(CHANNELS, generator=gen), "bias": torch.randn(CHANNELS, generator=gen),
+    }
+    return x, grad_out, state
+
+
+def _worker(rank: int, world: int, init_file: str, splits: list[int], out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    x, grad_out, state = make_inputs()
+    start = sum(splits[:rank])
+    rows = slice(start, start + splits[rank])
+    layer = SyncSwitchNorm(CHANNELS)
+    layer.load_state_dict({**layer.state_dict(), **state})
+    x_local = x[rows].clone().requires_grad_()
+    for _ in range(2):  # two steps: running statistics accumulate over both
+        x_local.grad = None
+        layer.zero_grad()
+        y = layer(x_local)
+        y.backward(grad_out[rows])
+    torch.save({"y": y.detach(), "dx": x_local.grad, "rows": (rows.start, rows.stop),
+                "grads": {n: p.grad for n, p in layer.named_parameters()},
+                "running_mean": layer.running_mean, "running_var": layer.running_var},
+               os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("splits", [[3, 2], [1, 4]])
+def test_two_process_sync_equals_single_process(tmp_path, splits):
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), splits, str(tmp_path)), nprocs=2, join=True)
+
+    x, grad_out, state = make_inputs()
+    single = SwitchNorm3d(CHANNELS)
+    single.load_state_dict({**single.state_dict(), **state})
+    x = x.clone().requires_grad_()
+    for _ in range(2):
+        x.grad = None
+        single.zero_grad()
+        y = single(x)
+        y.backward(grad_out)
+
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for res in results:
+        rows = slice(*res["rows"])
+        torch.testing.assert_close(res["y"], y[rows].detach(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(res["dx"], x.grad[rows], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(res["running_mean"], single.running_mean)
+        torch.testing.assert_close(res["running_var"], single.running_var)
+    # Each process holds the gradient of its own part of the loss: they add up (DDP averages).
+    for name, param in single.named_parameters():
+        total = results[0]["grads"][name] + results[1]["grads"][name]
+        torch.testing.assert_close(total, param.grad, rtol=1e-4, atol=1e-5)

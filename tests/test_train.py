@@ -1,0 +1,224 @@
+"""train.py end to end on a tiny generated dataset: config errors, learning, DDP, resume,
+accumulation, non-finite losses and atomic checkpoints."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+import train as train_script
+from snvideo.engine import builders
+from snvideo.engine.checkpoint import load_checkpoint, save_checkpoint
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_MODEL = {"arch": "resnet3d_10", "norm": "sn", "dropout": 0.0,
+              "arch_kwargs": {"widen_factor": 0.125, "no_max_pool": True}}
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    from snvideo.data.synthetic import make_demo_dataset
+
+    root = tmp_path_factory.mktemp("tiny_demo")
+    make_demo_dataset(root, classes=3, train_per_class=4, val_per_class=2, size=32, frames=16,
+                      seed=0, workers=1)
+    return root
+
+
+def write_config(tmp_path, data_root, name="cfg.yaml", **sections) -> str:
+    cfg = {
+        "work_dir": str(tmp_path / "work"),
+        "model": dict(TINY_MODEL),
+        "data": {"root": str(data_root / "videos"),
+                 "train_ann": str(data_root / "annotations" / "train.csv"),
+                 "val_ann": str(data_root / "annotations" / "val.csv"),
+                 "clip_len": 4, "frame_interval": 2, "batch_size": 4, "num_workers": 0,
+                 "short_side": 32, "crop_size": 28},
+        "train": {"epochs": 1, "lr": 0.05, "log_interval": 1, "clip_grad": None},
+        "test": {"num_clips": 2, "num_crops": 1, "views_per_forward": 4, "num_workers": 0},
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            cfg[section].update(values)
+        else:
+            cfg[section] = values
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def run_cli(*args, timeout=300):
+    return subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# --- config errors ------------------------------------------------------------------------------
+def test_unknown_key_exits_2_naming_it(tmp_path, tiny_data, capsys):
+    cfg = write_config(tmp_path, tiny_data)
+    assert train_script.main(["--config", cfg, "train.lrr=0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.lrr" in err
+
+
+def test_bad_type_exits_2(tmp_path, tiny_data, capsys):
+    cfg = write_config(tmp_path, tiny_data)
+    assert train_script.main(["--config", cfg, "data.batch_size=two"]) == 2
+    assert "data.batch_size must be int" in capsys.readouterr().err
+
+
+def test_missing_files_exit_2(tmp_path, tiny_data, capsys):
+    assert train_script.main(["--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+    cfg = write_config(tmp_path, tiny_data, data={"train_ann": str(tmp_path / "missing.csv")})
+    assert train_script.main(["--config", cfg]) == 2
+    err = capsys.readouterr().err
+    assert "data.train_ann" in err and "missing.csv" in err
+    cfg = write_config(tmp_path, tiny_data)
+    assert train_script.main(["--config", cfg, "--resume", str(tmp_path / "gone.pt")]) == 2
+    assert "gone.pt" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()  # nothing started
+
+
+# --- training -----------------------------------------------------------------------------------
+def epoch_records(work_dir) -> list[dict]:
+    with open(os.path.join(work_dir, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["kind"] == "epoch"]
+
+
+def test_training_lowers_loss_and_writes_outputs(tmp_path, tiny_data, capsys):
+    cfg = write_config(tmp_path, tiny_data, train={"epochs": 4, "lr": 0.1})
+    assert train_script.main(["--config", cfg]) == 0
+    work = tmp_path / "work"
+    losses = [r["train_loss"] for r in epoch_records(work)]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    ckpt = load_checkpoint(str(work / "latest.pt"))
+    assert ckpt["epoch"] == 4 and ckpt["config"]["train"]["epochs"] == 4
+    assert ckpt["classes"] == (work / "label_map.txt").read_text().split("\n")[:3]
+    assert (work / "config.yaml").exists() and (work / "epoch_4.pt").exists()
+    importance = json.loads((work / "sn_importance.json").read_text())
+    assert importance and set(importance[0]["mean"]) == {"IN", "LN", "BN"}
+
+
+def test_accumulation_matches_larger_batch(tmp_path, tiny_data):
+    """batch 4 == 2 x 2 accumulated, for a GroupNorm model (no batch statistics)."""
+    model = {**TINY_MODEL, "norm": "gn", "norm_kwargs": {"num_groups": 4}}
+    results = []
+    for batch, accumulate in ((4, 1), (2, 2)):
+        sub = tmp_path / f"b{batch}"
+        sub.mkdir()
+        cfg = write_config(sub, tiny_data, model=model, data={"batch_size": batch},
+                           train={"accumulate": accumulate, "lr": 0.1})
+        assert train_script.main(["--config", cfg]) == 0
+        results.append(load_checkpoint(str(sub / "work" / "latest.pt"))["model"])
+    for key, value in results[0].items():
+        torch.testing.assert_close(results[1][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+class NanOnCalls(torch.nn.Module):
+    """Wraps a model; training forwards number `nan_calls` (1-based) return NaN logits."""
+
+    def __init__(self, model, nan_calls):
+        super().__init__()
+        self.model, self.nan_calls, self.calls = model, nan_calls, 0
+
+    def forward(self, x):
+        out = self.model(x)
+        if self.training:
+            self.calls += 1
+            if self.calls in self.nan_calls or "all" in self.nan_calls:
+                out = out * float("nan")
+        return out
+
+
+def test_nonfinite_loss_is_skipped_and_counted(tmp_path, tiny_data, capsys, monkeypatch):
+    build = builders.model_from_config
+    monkeypatch.setattr(builders, "model_from_config", lambda *a: NanOnCalls(build(*a), {2}))
+    cfg = write_config(tmp_path, tiny_data, train={"epochs": 1})
+    assert train_script.main(["--config", cfg]) == 0
+    assert "1 non-finite steps skipped" in capsys.readouterr().out
+    assert epoch_records(tmp_path / "work")[0]["nonfinite_skipped"] == 1
+    state = load_checkpoint(str(tmp_path / "work" / "latest.pt"))["model"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_repeated_nonfinite_losses_abort_naming_the_iteration(tmp_path, tiny_data, capsys,
+                                                              monkeypatch):
+    build = builders.model_from_config
+    monkeypatch.setattr(builders, "model_from_config", lambda *a: NanOnCalls(build(*a), {"all"}))
+    cfg = write_config(tmp_path, tiny_data, train={"epochs": 2, "max_nonfinite": 2})
+    assert train_script.main(["--config", cfg]) == 1
+    assert "the last at iteration 2" in capsys.readouterr().err
+    assert not (tmp_path / "work" / "latest.pt").exists()
+
+
+# --- checkpoints and resume ---------------------------------------------------------------------
+def test_resume_continues_from_latest(tmp_path, tiny_data, capsys):
+    cfg = write_config(tmp_path, tiny_data)
+    assert train_script.main(["--config", cfg]) == 0
+    capsys.readouterr()
+    assert train_script.main(["--config", cfg, "train.epochs=2"]) == 0
+    out = capsys.readouterr().out
+    assert f"resuming from {tmp_path / 'work' / 'latest.pt'} at epoch 1" in out
+    assert load_checkpoint(str(tmp_path / "work" / "latest.pt"))["epoch"] == 2
+    assert [r["epoch"] for r in epoch_records(tmp_path / "work")] == [1, 2]
+    assert train_script.main(["--config", cfg, "train.epochs=2", "--no-resume"]) == 0
+    assert "resuming" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_finishes_all_epochs(tmp_path, tiny_data):
+    cfg = write_config(tmp_path, tiny_data, train={"epochs": 3})
+    work = tmp_path / "work"
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), "--config", cfg],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (work / "epoch_1.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (work / "latest.pt").exists()
+    done = run_cli("--config", cfg)
+    assert done.returncode == 0, done.stderr
+    assert "resuming from" in done.stdout
+    assert load_checkpoint(str(work / "latest.pt"))["epoch"] == 3
+    assert not [p for p in os.listdir(work) if ".tmp" in p]
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = str(tmp_path / "latest.pt")
+    save_checkpoint({"epoch": 1}, path)
+
+    def broken_save(obj, f, *args, **kwargs):
+        with open(f, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_checkpoint({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert os.listdir(tmp_path) == ["latest.pt"]
+
+
+# --- distributed --------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_two_process_ddp_training(tmp_path, tiny_data):
+    cfg = write_config(tmp_path, tiny_data, data={"batch_size": 2},
+                       train={"epochs": 1, "sync_norm": True})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", os.path.join(REPO, "train.py"), "--config", cfg],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = load_checkpoint(str(tmp_path / "work" / "latest.pt"))
+    assert ckpt["epoch"] == 1
+    assert any(k.endswith("mean_weight") for k in ckpt["model"])
+    assert not any(k.startswith("module.") for k in ckpt["model"])
