@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     env = init_distributed(args.device)
     try:
-        if cfg.data.demo:
+        if cfg.data.demo_dir:
             prepare_demo(cfg, env)
         builders.check_data_paths(cfg)
     except ConfigError as e:
@@ -81,11 +81,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def prepare_demo(cfg: Config, env: DistEnv) -> None:
-    """Generate the demo dataset into data.root on first use (rank 0; the others wait)."""
+    """Generate the demo dataset into data.demo_dir on first use (rank 0; the others wait)."""
     if env.is_main:
         from snvideo.data.synthetic import make_demo_dataset
 
-        make_demo_dataset(cfg.data.root, **cfg.data.demo_kwargs)
+        try:
+            make_demo_dataset(cfg.data.demo_dir, **cfg.data.demo_kwargs)
+        except TypeError as e:
+            raise ConfigError(f"data.demo_kwargs: {e}") from None
     barrier(env)
 
 
@@ -156,7 +159,7 @@ def train(cfg: Config, args: argparse.Namespace, env: DistEnv) -> None:
             val = validate(model, val_set, cfg, env)
             record.update(val_top1=val["top1"], val_top5=val["top5"],
                           val_failed=val["num_failed"])
-            best_top1 = max(best_top1, val["top1"])
+            best_top1 = max(best_top1, val["top1"] or 0.0)  # None: no readable video
         if env.is_main:
             print(format_epoch(record, t.epochs))
         logbook.log("epoch", epoch + 1, **record)
@@ -293,7 +296,10 @@ def report_sn_importance(model: nn.Module, work_dir: str) -> None:
 def format_epoch(record: dict, epochs: int) -> str:
     parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['train_loss']:.4f}"]
     if "val_top1" in record:
-        parts.append(f"val top1 {record['val_top1']:.2f} top5 {record['val_top5']:.2f}")
+        if record["val_top1"] is None:
+            parts.append("no readable validation video")
+        else:
+            parts.append(f"val top1 {record['val_top1']:.2f} top5 {record['val_top5']:.2f}")
     if record["nonfinite_skipped"]:
         parts.append(f"{record['nonfinite_skipped']} non-finite steps skipped")
     if record["unreadable_videos"]:

@@ -1,7 +1,7 @@
 """Train-step time and peak memory of the backbones with BN vs SN vs GN.
 
     python benchmarks/bench_models.py [--archs i3d_r50 r3d_18] [--norms bn sn gn]
-        [--clips 2] [--frames 8] [--size 112] [--steps 7] [--compile] [--device cpu]
+        [--clips 2] [--frames 16] [--size 112] [--steps 7] [--compile] [--device cpu]
 
 A step is forward + cross-entropy + backward + SGD (momentum) step. All variants live in one
 process and are measured interleaved (step i of every variant, in rotating order, before step
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--archs", nargs="+", default=["i3d_r50", "r3d_18"])
     parser.add_argument("--norms", nargs="+", default=["bn", "sn", "gn"])
     parser.add_argument("--clips", type=int, default=2)
-    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=112)
     parser.add_argument("--num-classes", type=int, default=400)
     parser.add_argument("--steps", type=int, default=7)

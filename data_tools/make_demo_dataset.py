@@ -20,7 +20,7 @@ from _common import UsageError, add_workers_arg, parse_args, run_main  # noqa: E
 PROG = "make_demo_dataset"
 # snvideo.data (torch) is imported in _run only, so that --help answers at once.
 DIFFICULTY = ("speed", "rot_speed", "zoom_rate", "object_size", "noise", "bg_drift",
-              "distractors", "min_contrast")
+              "distractors", "min_contrast", "orientation_mark")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--distractors", type=int, help="extra moving objects per video (default 0)")
     g.add_argument("--min-contrast", type=float,
                    help="object/background colour distance (default 0.25)")
+    g.add_argument("--orientation-mark", type=float,
+                   help="half-width of an orientation bar on every object (default 0: none)")
     return p
 
 

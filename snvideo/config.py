@@ -48,8 +48,11 @@ class DataConfig:
     short_side: int = 256
     crop_size: int = 224
     backend: str = "auto"                 # auto | decord | pyav
-    demo: bool = False                    # generate the demo dataset into `root` if absent
-    demo_kwargs: dict = field(default_factory=dict)
+    # options of snvideo.data.train_transform: mode (rrc | jitter), area_range, aspect_range,
+    # max_short_side, flip_prob (0 for datasets where left/right carries the label)
+    train_aug: dict = field(default_factory=dict)
+    demo_dir: str | None = None           # generate the demo dataset here first if absent
+    demo_kwargs: dict = field(default_factory=dict)  # options of make_demo_dataset
 
 
 @dataclass

@@ -151,6 +151,17 @@ def test_list_file_and_label_map(tmp_path, video_tools):
         VideoDataset(ann_file, root, classes=["cat"])
 
 
+def test_unlabelled_list_entries_are_accepted(tmp_path, video_tools):
+    """data_tools write label -1 for videos without a class (test lists)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    video_tools.write_video(root / "x.mp4", num_frames=20)
+    ann_file = tmp_path / "list.txt"
+    ann_file.write_text("x.mp4 -1\n")
+    ds = VideoDataset(ann_file, root, clip_len=4, short_side=48, crop_size=32, classes=["a", "b"])
+    assert ds.labels.tolist() == [-1]
+
+
 # ----------------------------------------------------------------------------- dataset items
 def test_train_item_shape_and_label(kinetics):
     csv, root = kinetics

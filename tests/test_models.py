@@ -75,6 +75,14 @@ def test_hara_resnet3d_layout():
     assert isinstance(build_model("resnet3d_18", 10, no_max_pool=True).maxpool, nn.Identity)
 
 
+def test_widen_factor_scales_the_hara_widths():
+    model = build_model("resnet3d_10", 5, norm="sn", widen_factor=0.25, no_max_pool=True)
+    assert model.conv1.out_channels == 16
+    assert [model.layer1[0].conv1.out_channels, model.layer4[0].conv2.out_channels] == [16, 128]
+    assert model.fc.in_features == 128
+    assert model(torch.randn(*SMALL_CLIP)).shape == (2, 5)
+
+
 def test_i3d_layout_follows_mmaction2_i3d_r50():
     model = build_model("i3d_r50", 10, norm="bn")
     assert (model.conv1.kernel_size, model.conv1.stride, model.conv1.padding) == \

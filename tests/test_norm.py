@@ -7,8 +7,7 @@ import torch
 from torch import nn
 
 from snvideo.norm import (NORM_KINDS, SwitchNorm1d, SwitchNorm2d, SwitchNorm3d, SyncSwitchNorm,
-                          build_norm, convert_sync_switchnorm, frozen_norm_stats,
-                          recompute_norm_stats)
+                          build_norm, convert_sync_switchnorm, recompute_norm_stats)
 from snvideo.norm.functional import switch_norm_reference
 
 
@@ -153,19 +152,6 @@ def test_batch_average_mode_is_cumulative():
         layer(b)
     expected = torch.stack([b.mean((0, 2, 3, 4)) for b in batches]).mean(0)
     torch.testing.assert_close(layer.running_mean, expected)
-
-
-def test_frozen_norm_stats():
-    layer = SwitchNorm3d(2)
-    bn = nn.BatchNorm3d(2)
-    model = nn.Sequential(layer, bn)
-    with frozen_norm_stats(model):
-        model(torch.randn(2, 2, 2, 3, 3))
-    assert torch.equal(layer.running_mean, torch.zeros(2))
-    assert torch.equal(bn.running_mean, torch.zeros(2))
-    assert layer.track_running_stats and bn.track_running_stats
-    model(torch.randn(2, 2, 2, 3, 3) + 1)
-    assert layer.running_mean.abs().sum() > 0
 
 
 def test_recompute_norm_stats_is_plain_average_and_restores_mode():

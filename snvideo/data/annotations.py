@@ -57,6 +57,11 @@ def write_label_map(classes: Sequence[str], path: str | os.PathLike) -> None:
     path.write_text("".join(f"{name}\n" for name in classes), encoding="utf-8")
 
 
+def _is_label(text: str) -> bool:
+    """A class index, or -1 for an unlabelled video (as data_tools write for test lists)."""
+    return text.isdigit() or text == "-1"
+
+
 def detect_format(ann_file: str | os.PathLike) -> str:
     """"kinetics_csv", "list" or "rawframes", from the first non-empty line."""
     with open(ann_file, encoding="utf-8") as f:
@@ -64,7 +69,7 @@ def detect_format(ann_file: str | os.PathLike) -> str:
     if "youtube_id" in first and "," in first:
         return "kinetics_csv"
     fields = first.split()
-    if len(fields) >= 3 and fields[-1].isdigit() and fields[-2].isdigit():
+    if len(fields) >= 3 and _is_label(fields[-1]) and fields[-2].isdigit():
         return "rawframes"
     return "list"
 
@@ -139,7 +144,7 @@ def _load_list(ann_file, root, classes: list[str] | None) -> Annotations:
     entries = []
     for line_number, line in _lines(ann_file):
         parts = line.rsplit(maxsplit=1)
-        if len(parts) != 2 or not parts[1].isdigit():
+        if len(parts) != 2 or not _is_label(parts[1]):
             raise ValueError(f"{ann_file}:{line_number}: expected 'relative/path label', got {line!r}")
         entries.append((parts[0], int(parts[1]), line_number))
     classes = _classes_for_int_labels(ann_file, [(label, n) for _, label, n in entries], classes)
@@ -160,7 +165,7 @@ def load_rawframe_annotations(
     entries = []
     for line_number, line in _lines(ann_file):
         parts = line.rsplit(maxsplit=2)
-        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+        if len(parts) != 3 or not parts[1].isdigit() or not _is_label(parts[2]):
             raise ValueError(f"{ann_file}:{line_number}: expected 'frame_dir total_frames label', got {line!r}")
         entries.append((parts[0], int(parts[1]), int(parts[2]), line_number))
     names = _classes_for_int_labels(ann_file, [(label, n) for *_, label, n in entries], read_class_names(classes))

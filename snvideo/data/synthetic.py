@@ -35,7 +35,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 __all__ = [
-    "CLASS_NAMES", "SceneParams", "label_folder", "make_demo_dataset", "object_states",
+    "ALL_MOTIONS", "CLASS_NAMES", "DIRECTIONS", "SceneParams", "label_folder",
+    "make_demo_dataset", "object_states",
     "render_video", "write_video",
 ]
 
@@ -51,6 +52,16 @@ CLASS_NAMES: tuple[str, ...] = (
     "swinging side to side",
     "staying still",
 )
+# Directions of "moving <direction>" classes, as unit (dx, dy) on screen (y down).
+_DIAGONAL = 1 / math.sqrt(2)
+DIRECTIONS: dict[str, tuple[float, float]] = {
+    "left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0),
+    "up-left": (-_DIAGONAL, -_DIAGONAL), "up-right": (_DIAGONAL, -_DIAGONAL),
+    "down-left": (-_DIAGONAL, _DIAGONAL), "down-right": (_DIAGONAL, _DIAGONAL),
+}
+# Every motion the generator draws: CLASS_NAMES (the default classes) and the diagonals.
+ALL_MOTIONS: tuple[str, ...] = CLASS_NAMES + tuple(
+    f"moving {d}" for d in DIRECTIONS if f"moving {d}" not in CLASS_NAMES)
 
 _CODECS = {"h264": "libx264", "mpeg4": "mpeg4", "vp9": "libvpx-vp9"}
 _MARKER = ".demo_complete.json"
@@ -154,6 +165,9 @@ class SceneParams:
     bg_drift: float = 0.006  # max background speed, short sides per frame (any direction)
     distractors: int = 0     # extra small objects in class-independent straight motion
     min_contrast: float = 0.25  # min RGB distance between object and background mean colours
+    # half-width (object radii) of an inverted bar from the centre to the edge of every object:
+    # it shows orientation, so rotation is visible on small frames; 0 = none
+    orientation_mark: float = 0.0
 
 
 def _smooth_texture(rng: np.random.Generator, size: int, cutoff: float) -> np.ndarray:
@@ -210,6 +224,7 @@ class _Object:
     alpha: np.ndarray
     texture: np.ndarray
     sides: int  # 0 = disc, else a regular polygon
+    orientation_mark: float = 0.0
 
 
 def _random_colors(rng: np.random.Generator, k: int) -> np.ndarray:
@@ -231,14 +246,9 @@ def _object_trajectory(rng: np.random.Generator, motion: str, t: np.ndarray, h: 
     zoom = rng.uniform(*p.zoom_rate) / log_range
     x, y = np.full_like(t, x0), np.full_like(t, y0)
     angle, u = np.full_like(t, a0), np.full_like(t, u0)
-    if motion == "moving left":
-        x = x0 - speed * t
-    elif motion == "moving right":
-        x = x0 + speed * t
-    elif motion == "moving up":
-        y = y0 - speed * t
-    elif motion == "moving down":
-        y = y0 + speed * t
+    if motion.startswith("moving ") and motion[len("moving "):] in DIRECTIONS:
+        dx, dy = DIRECTIONS[motion[len("moving "):]]
+        x, y = x0 + dx * speed * t, y0 + dy * speed * t
     elif motion == "rotating clockwise":
         angle = a0 + rot * t
     elif motion == "rotating counter-clockwise":
@@ -269,7 +279,7 @@ def _make_object(rng: np.random.Generator, motion: str, t: np.ndarray, h: int, w
     traj = _object_trajectory(rng, motion, t, h, w, p, size_scale, velocity)
     texture = _palette_texture(rng, 32, rng.uniform(0.06, 0.14), colors, rng.uniform(4, 12))
     sides = int(rng.choice([0, 3, 4, 5, 6]))
-    return _Object(texture=texture, sides=sides, **traj)
+    return _Object(texture=texture, sides=sides, orientation_mark=p.orientation_mark, **traj)
 
 
 def _composite(frames: np.ndarray, obj: _Object, xs: np.ndarray, ys: np.ndarray) -> None:
@@ -294,6 +304,9 @@ def _composite(frames: np.ndarray, obj: _Object, xs: np.ndarray, ys: np.ndarray)
         tex_px = obj.texture.shape[0]
         color = _sample_periodic(obj.texture, (u[inside] + 1) * tex_px / 2,
                                  (v[inside] + 1) * tex_px / 2)
+        if obj.orientation_mark:
+            bar = (u[inside] > 0) & (np.abs(v[inside]) < obj.orientation_mark)
+            color[bar] = 1.0 - color[bar]
         a = cover[inside][:, None]
         frames[i][inside] = frames[i][inside] * (1 - a) + color * a
 
@@ -306,7 +319,7 @@ def object_states(label: int | str, rng: np.random.Generator | int, height: int 
     For checking that single-frame states do not depend on the class."""
     rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
     motion = CLASS_NAMES[label] if isinstance(label, (int, np.integer)) else str(label)
-    if motion not in CLASS_NAMES:
+    if motion not in ALL_MOTIONS:
         raise ValueError(f"unknown class {label!r}")
     t = np.arange(frames, dtype=np.float64)
     return _object_trajectory(rng, motion, t, int(height), int(width or height),
@@ -321,7 +334,7 @@ def render_video(label: int | str, rng: np.random.Generator | int, height: int =
     p = params or SceneParams()
     rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
     motion = CLASS_NAMES[label] if isinstance(label, (int, np.integer)) else str(label)
-    if motion not in CLASS_NAMES:
+    if motion not in ALL_MOTIONS:
         raise ValueError(f"unknown class {label!r}")
     h, w = int(height), int(width or height)
     short = min(h, w)
@@ -422,7 +435,7 @@ def _default_workers() -> int:
 def make_demo_dataset(out_dir: str | os.PathLike, classes: int = 10, train_per_class: int = 40,
                       val_per_class: int = 10, size: int = 64, frames: int = 32,
                       fps: float = 16.0, seed: int = 0, workers: int | None = None,
-                      codec: str = "h264", *,
+                      codec: str = "h264", *, motions: Sequence[str] | None = None,
                       speed: tuple[float, float] = SceneParams.speed,
                       rot_speed: tuple[float, float] = SceneParams.rot_speed,
                       zoom_rate: tuple[float, float] = SceneParams.zoom_rate,
@@ -434,6 +447,7 @@ def make_demo_dataset(out_dir: str | os.PathLike, classes: int = 10, train_per_c
                       bg_drift: float = SceneParams.bg_drift,
                       distractors: int = SceneParams.distractors,
                       min_contrast: float = SceneParams.min_contrast,
+                      orientation_mark: float = SceneParams.orientation_mark,
                       verbose: bool = False) -> dict[str, Any]:
     """Generate the motion demo dataset in the Kinetics layout and return a summary dict.
 
@@ -441,10 +455,19 @@ def make_demo_dataset(out_dir: str | os.PathLike, classes: int = 10, train_per_c
     split) and ``out_dir/videos/<label_folder>/{id}_{start:06d}_{end:06d}.mp4``.  A complete
     dataset with the same parameters is detected by a marker file and not regenerated; an
     interrupted run resumes (finished videos are kept); a dataset made with different
-    parameters is replaced.
+    parameters is replaced. ``motions`` picks the classes by name from ALL_MOTIONS (default:
+    the first ``classes`` of CLASS_NAMES).
     """
-    if not 1 <= classes <= len(CLASS_NAMES):
+    if motions is not None:
+        unknown = [m for m in motions if m not in ALL_MOTIONS]
+        if unknown or len(set(motions)) != len(motions) or not motions:
+            raise ValueError(f"motions must be distinct names from {', '.join(ALL_MOTIONS)}; "
+                             f"got {list(motions)}")
+        names, classes = tuple(motions), len(motions)
+    elif not 1 <= classes <= len(CLASS_NAMES):
         raise ValueError(f"classes must be in 1..{len(CLASS_NAMES)}, got {classes}")
+    else:
+        names = CLASS_NAMES[:classes]
     if train_per_class < 0 or val_per_class < 0 or train_per_class + val_per_class == 0:
         raise ValueError("need at least one train or val video per class")
     if size < 8 or size % 2:
@@ -465,9 +488,10 @@ def make_demo_dataset(out_dir: str | os.PathLike, classes: int = 10, train_per_c
                         zoom_rate=tuple(zoom_rate), swing_amplitude=tuple(swing_amplitude),
                         swing_period=tuple(swing_period), object_size=tuple(object_size),
                         zoom_fade=zoom_fade, noise=noise, bg_drift=bg_drift,
-                        distractors=int(distractors), min_contrast=min_contrast)
+                        distractors=int(distractors), min_contrast=min_contrast,
+                        orientation_mark=float(orientation_mark))
     ext = {"vp9": ".webm"}.get(codec, ".mp4")
-    config = {"classes": classes, "train_per_class": train_per_class,
+    config = {"classes": list(names), "train_per_class": train_per_class,
               "val_per_class": val_per_class, "size": size, "frames": frames,
               "fps": float(fps), "seed": seed, "codec": codec, "scene": asdict(scene),
               "version": 1}
@@ -478,7 +502,7 @@ def make_demo_dataset(out_dir: str | os.PathLike, classes: int = 10, train_per_c
     marker, params_file = root / _MARKER, root / _PARAMS
     summary = {"root": str(root), "annotations": str(ann_dir), "videos": str(video_dir),
                "train_csv": str(ann_dir / "train.csv"), "val_csv": str(ann_dir / "val.csv"),
-               "classes": list(CLASS_NAMES[:classes]),
+               "classes": list(names),
                "num_train": classes * train_per_class, "num_val": classes * val_per_class}
     if marker.exists():
         try:
@@ -503,7 +527,6 @@ def make_demo_dataset(out_dir: str | os.PathLike, classes: int = 10, train_per_c
     root.mkdir(parents=True, exist_ok=True)
     _atomic_write(params_file, json.dumps(config, indent=1))
 
-    names = CLASS_NAMES[:classes]
     splits = [("train", train_per_class), ("val", val_per_class)]
     id_rng = np.random.default_rng([seed, 0])
     ids = iter(_youtube_ids(id_rng, classes * (train_per_class + val_per_class)))

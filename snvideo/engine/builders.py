@@ -40,12 +40,18 @@ def check_data_paths(cfg: Config, need_train: bool = True) -> None:
 
 
 def train_dataset(cfg: Config):
-    from snvideo.data import VideoDataset
+    from snvideo.data import VideoDataset, train_transform
 
     d = cfg.data
+    aug = {k: tuple(v) if isinstance(v, list) else v for k, v in d.train_aug.items()}
+    try:
+        transform = train_transform(d.short_side, d.crop_size, **aug)
+    except TypeError as e:
+        raise ConfigError(f"data.train_aug: {e}") from None
     return VideoDataset(d.train_ann, d.root, clip_len=d.clip_len, frame_interval=d.frame_interval,
-                        num_clips=1, test_mode=False, short_side=d.short_side,
-                        crop_size=d.crop_size, backend=d.backend, seed=cfg.train.seed)
+                        num_clips=1, test_mode=False, transform=transform,
+                        short_side=d.short_side, crop_size=d.crop_size, backend=d.backend,
+                        seed=cfg.train.seed)
 
 
 def eval_dataset(cfg: Config, ann_file: str, num_clips: int, num_crops: int, classes=None):

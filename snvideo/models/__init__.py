@@ -33,7 +33,7 @@ def build_model(arch: str, num_classes: int, norm: str = "sn",
     """Build `arch` with every norm layer from `build_norm(norm, C, dim=3, **norm_kwargs)`.
 
     arch_kwargs, all archs: zero_init_last_norm (bool), checkpoint_stages (bool).
-    resnet3d_*: conv1_t_size (7), conv1_t_stride (1), no_max_pool (False).
+    resnet3d_*: conv1_t_size (7), conv1_t_stride (1), no_max_pool (False), widen_factor (1.0).
     i3d_*: conv1_stride_t (2), pool1_stride_t (2), pool2 (True).
     """
     if arch not in ARCHS:

@@ -40,7 +40,7 @@ def run_stage(stage: nn.Module, x: Tensor, checkpointed: bool) -> Tensor:
 def restored_buffers(module: nn.Module) -> Iterator[None]:
     """Run the block, then put every buffer of `module` back as it was.
 
-    Not `snvideo.norm.frozen_norm_stats`: that switches BatchNorm to its no-running-stats path,
+    Not switching off `track_running_stats`: that switches BatchNorm to its no-running-stats path,
     which saves fewer tensors for backward than the original forward did, and non-reentrant
     checkpointing rejects the recompute ("A different number of tensors was saved"). Restoring
     keeps the recompute on the very same code path.

@@ -106,6 +106,8 @@ class ResNetSpec:
     stem: StemSpec
     # temporal max-pool (2, 1, 1) after layer1 (I3D's pool2)
     pool2: bool = False
+    # channels of conv1 and of each stage's blocks (planes; bottlenecks output 4x)
+    widths: tuple[int, int, int, int] = (64, 128, 256, 512)
 
     def block_kernels_t(self, stage: int) -> list[BlockKernelsT]:
         """The temporal kernels of each block of `stage` (0-based)."""
@@ -126,9 +128,6 @@ def make_stage(block: type[BasicBlock] | type[Bottleneck], in_ch: int, planes: i
     return nn.Sequential(*blocks)
 
 
-STAGE_WIDTHS = (64, 128, 256, 512)
-
-
 class ResNet3d(nn.Module):
     """(N, 3, T, H, W) clips -> (N, num_classes) logits."""
 
@@ -139,13 +138,13 @@ class ResNet3d(nn.Module):
         self.spec = spec
         self.checkpoint_stages = checkpoint_stages
         stem = spec.stem
-        self.conv1 = conv3d(3, STAGE_WIDTHS[0], stem.conv_kernel, stem.conv_stride)
-        self.bn1 = make_norm(STAGE_WIDTHS[0])
+        self.conv1 = conv3d(3, spec.widths[0], stem.conv_kernel, stem.conv_stride)
+        self.bn1 = make_norm(spec.widths[0])
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = (nn.Identity() if stem.pool_kernel is None else nn.MaxPool3d(
             stem.pool_kernel, stem.pool_stride, padding=tuple(k // 2 for k in stem.pool_kernel)))
-        in_ch = STAGE_WIDTHS[0]
-        for i, width in enumerate(STAGE_WIDTHS):
+        in_ch = spec.widths[0]
+        for i, width in enumerate(spec.widths):
             stage = make_stage(spec.block, in_ch, width, spec.block_kernels_t(i),
                                spec.stage_strides[i], make_norm)
             self.add_module(f"layer{i + 1}", stage)

@@ -37,10 +37,13 @@ HARA_SPECS: dict[str, ResNetSpec] = {
 
 def hara_resnet3d(arch: str, num_classes: int, make_norm: NormFactory, dropout: float = 0.5,
                   conv1_t_size: int = 7, conv1_t_stride: int = 1, no_max_pool: bool = False,
-                  zero_init_last_norm: bool = False, checkpoint_stages: bool = False) -> ResNet3d:
-    """conv1_t_size / conv1_t_stride / no_max_pool are the reference repo's options of the same
-    names (its defaults: 7, 1, False)."""
+                  widen_factor: float = 1.0, zero_init_last_norm: bool = False,
+                  checkpoint_stages: bool = False) -> ResNet3d:
+    """conv1_t_size / conv1_t_stride / no_max_pool / widen_factor are the reference repo's
+    options of the same names (its defaults: 7, 1, False, 1.0); widen_factor scales the channel
+    widths 64, 128, 256, 512 (small models for CPU runs such as the demo)."""
     spec = HARA_SPECS[arch]
+    spec = replace(spec, widths=tuple(max(1, round(w * widen_factor)) for w in spec.widths))
     stem = replace(spec.stem, conv_kernel=(conv1_t_size, 7, 7),
                    conv_stride=(conv1_t_stride, 2, 2),
                    pool_kernel=None if no_max_pool else spec.stem.pool_kernel)

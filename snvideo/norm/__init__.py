@@ -1,12 +1,12 @@
 """Normalization layers: Switchable Normalization and the factory every backbone uses."""
 from .factory import NORM_KINDS, build_norm
 from .functional import switch_norm, switch_norm_reference
-from .stats import frozen_norm_stats, recompute_norm_stats
+from .stats import recompute_norm_stats
 from .switchnorm import STAT_NAMES, SwitchNorm1d, SwitchNorm2d, SwitchNorm3d, is_switch_norm
 from .sync import SyncSwitchNorm, convert_sync_switchnorm
 
 __all__ = [
     "NORM_KINDS", "STAT_NAMES", "SwitchNorm1d", "SwitchNorm2d", "SwitchNorm3d", "SyncSwitchNorm",
-    "build_norm", "convert_sync_switchnorm", "frozen_norm_stats", "is_switch_norm",
+    "build_norm", "convert_sync_switchnorm", "is_switch_norm",
     "recompute_norm_stats", "switch_norm", "switch_norm_reference",
 ]

@@ -49,19 +49,22 @@ def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
         # On CPU, torch.var_mean (Welford) runs several times slower than a sum and a norm.
         rows = x.view(x.shape[0], x.shape[1], -1)
         mean = rows.mean(2)
-        var = (torch.linalg.vector_norm(rows, dim=2).square() / rows.shape[2]
-               - mean.square()).clamp(min=0)
-        if not bool((mean.square() > _CANCELLATION_LIMIT * var).any()):
+        sq_mean = torch.linalg.vector_norm(rows, dim=2).square() / rows.shape[2]
+        var = torch.addcmul(sq_mean, mean, mean, value=-1).clamp(min=0)
+        # mean^2 > limit * var  <=>  E[x^2] > (1 + limit) * var
+        if not bool(torch.gt(sq_mean, var * (1 + _CANCELLATION_LIMIT)).any()):
             return mean, var
     var, mean = torch.var_mean(x.to(_stat_dtype(x)), dim=reduce_dims(x), correction=0)
     return mean, var
 
 
-def group_moments(mean: Tensor, var: Tensor, dim: int) -> tuple[Tensor, Tensor]:
-    """Moments of the union of equally sized groups, from each group's mean and variance."""
+def group_moments(mean: Tensor, var: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Moments of the union of equally sized groups from each group's mean and variance, and
+    each group's deviation from the union's mean (the backward needs it)."""
     group_mean = mean.mean(dim, keepdim=True)
-    group_var = (var + (mean - group_mean).square()).mean(dim, keepdim=True)
-    return group_mean, group_var
+    deviation = mean - group_mean
+    group_var = torch.addcmul(var, deviation, deviation).mean(dim, keepdim=True)
+    return group_mean, group_var, deviation
 
 
 def _synced(group) -> bool:
@@ -70,34 +73,33 @@ def _synced(group) -> bool:
 
 
 def batch_moments(mean_in: Tensor, var_in: Tensor, per_sample: int, group=None
-                  ) -> tuple[Tensor, Tensor, Tensor]:
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor | float]:
     """BN-branch moments (1, C) over the samples of all processes in `group` (None: local),
-    and each local sample's weight in them (per_sample / total elements). Two all-reduces keep
-    the variance free of cancellation. They are autograd-aware, for the compiled path."""
+    each local sample's deviation from them, and each local sample's weight in them
+    (per_sample / total elements). Two all-reduces keep the variance free of cancellation;
+    they are autograd-aware, for the compiled path."""
     if not _synced(group):
-        mean_bn, var_bn = group_moments(mean_in, var_in, dim=0)
-        return mean_bn, var_bn, mean_in.new_tensor(1.0 / mean_in.shape[0])
+        mean_bn, var_bn, deviation = group_moments(mean_in, var_in, dim=0)
+        return mean_bn, var_bn, deviation, 1.0 / mean_in.shape[0]
     local = torch.cat([mean_in.sum(0) * per_sample,
                        mean_in.new_full((1,), float(per_sample * mean_in.shape[0]))])
     sums = dist_fn.all_reduce(local, group=group)
     total = sums[-1]
     mean_bn = (sums[:-1] / total).unsqueeze(0)
-    sq_dev = (var_in + (mean_in - mean_bn).square()).sum(0) * per_sample
+    deviation = mean_in - mean_bn
+    sq_dev = torch.addcmul(var_in, deviation, deviation).sum(0) * per_sample
     var_bn = (dist_fn.all_reduce(sq_dev, group=group) / total).unsqueeze(0)
-    return mean_bn, var_bn, per_sample / total
+    return mean_bn, var_bn, deviation, per_sample / total
 
 
 class _Stats(NamedTuple):
-    """Everything the forward computes on (N, C)-sized tensors; the backward reuses it."""
+    """What the forward computes on (N, C)-sized tensors; the backward reuses it."""
     mean_in: Tensor
-    var_in: Tensor
-    mean_ln: Tensor
-    var_ln: Tensor
-    mean_bn: Tensor | None      # (1, C), batch (training) or running (eval)
-    var_bn: Tensor | None
-    bn_sample_weight: Tensor | None  # d(batch moments)/d(sample moments); None in eval
-    mean_w: Tensor              # softmax of the importance logits
-    var_w: Tensor
+    stats: Tensor               # (2, K, N, C): means then variances of IN, LN[, BN]
+    weights: Tensor             # (2, K): softmax of the mean and variance importance logits
+    dev_ln: Tensor              # mean_in - LN mean
+    dev_bn: Tensor | None       # mean_in - BN mean; None unless BN uses batch moments
+    bn_sample_weight: Tensor | float | None  # d(BN moments) / d(one sample's moments)
     mean: Tensor                # mixed (N, C) statistics
     rstd: Tensor
     scale: Tensor               # y = x * scale + shift
@@ -107,34 +109,36 @@ class _Stats(NamedTuple):
 def _statistics(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tensor,
                 bias: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                 training: bool, momentum: float, eps: float, group) -> _Stats:
-    """SN's forward on (N, C)-sized tensors; updates the running statistics in training."""
+    """SN's forward on (N, C)-sized tensors; updates the running statistics in training.
+    Few, batched ops: on small feature maps their count, not their size, sets the cost."""
     mean_in, var_in = instance_moments(x)
     dtype = mean_in.dtype
-    mean_ln, var_ln = group_moments(mean_in, var_in, dim=1)
+    mean_ln, var_ln, dev_ln = group_moments(mean_in, var_in, dim=1)
     means, variances = [mean_in, mean_ln], [var_in, var_ln]
-    mean_bn = var_bn = bn_sample_weight = None
+    dev_bn = bn_sample_weight = None
     if mean_weight.numel() == 3:
         if training or running_mean is None:
-            per_sample = x[0, 0].numel()
-            mean_bn, var_bn, bn_sample_weight = batch_moments(mean_in, var_in, per_sample, group)
+            mean_bn, var_bn, dev_bn, bn_sample_weight = batch_moments(
+                mean_in, var_in, x[0, 0].numel(), group)
             if training and running_mean is not None:
                 with torch.no_grad():
-                    running_mean.lerp_(mean_bn.detach().reshape(-1).to(running_mean.dtype), momentum)
-                    running_var.lerp_(var_bn.detach().reshape(-1).to(running_var.dtype), momentum)
+                    running_mean.lerp_(mean_bn.detach().view(-1).to(running_mean.dtype), momentum)
+                    running_var.lerp_(var_bn.detach().view(-1).to(running_var.dtype), momentum)
         else:
-            mean_bn = running_mean.to(dtype).unsqueeze(0)
-            var_bn = running_var.to(dtype).unsqueeze(0)
+            mean_bn = running_mean.to(dtype).view(1, -1)
+            var_bn = running_var.to(dtype).view(1, -1)
         means.append(mean_bn)
         variances.append(var_bn)
-    mean_w = torch.softmax(mean_weight.to(dtype), 0)
-    var_w = torch.softmax(var_weight.to(dtype), 0)
-    mean = sum(w * m for w, m in zip(mean_w, means))
-    var = sum(w * v for w, v in zip(var_w, variances))
+    n, c = mean_in.shape
+    k = len(means)
+    stats = torch.stack(torch.broadcast_tensors(*means, *variances)).view(2, k, n, c)
+    weights = torch.softmax(torch.stack([mean_weight, var_weight]).to(dtype), 1)
+    mean, var = torch.bmm(weights.unsqueeze(1), stats.view(2, k, n * c)).view(2, n, c)
     rstd = torch.rsqrt(var + eps)
     scale = weight.to(dtype) * rstd
-    shift = bias.to(dtype) - mean * scale
-    return _Stats(mean_in, var_in, mean_ln, var_ln, mean_bn, var_bn, bn_sample_weight,
-                  mean_w, var_w, mean, rstd, scale, shift)
+    shift = torch.addcmul(bias.to(dtype), mean, scale, value=-1)
+    return _Stats(mean_in, stats, weights, dev_ln, dev_bn, bn_sample_weight, mean, rstd, scale,
+                  shift)
 
 
 def _expand(t: Tensor, ndim: int) -> Tensor:
@@ -177,64 +181,63 @@ class SwitchNormFunction(torch.autograd.Function):
                 training, momentum, eps, group):  # type: ignore[override]
         stats = _statistics(x, mean_weight, var_weight, weight, bias, running_mean, running_var,
                             training, momentum, eps, group)
-        ctx.save_for_backward(x, weight)
+        ctx.save_for_backward(x)
         ctx.stats, ctx.group = stats, group
+        ctx.param_dtypes = (mean_weight.dtype, var_weight.dtype, weight.dtype, bias.dtype)
         return _affine(x, stats.scale, stats.shift)
 
     @staticmethod
     def backward(ctx, grad_y):  # type: ignore[override]
-        x, weight = ctx.saved_tensors
-        stats = ctx.stats
+        (x,) = ctx.saved_tensors
+        s = ctx.stats
         grad_scale, grad_shift = _grad_sums(grad_y, x)
-        g = _small_backward(stats, weight, grad_scale, grad_shift, ctx.group)
+        grad_mean_in, grad_var_in, *param_grads = _small_backward(s, grad_scale, grad_shift,
+                                                                  ctx.group)
         grad_x = None
         if ctx.needs_input_grad[0]:
             count = x[0, 0].numel()
-            a = g["var_in"] * (2.0 / count)                  # d var_in / dx = 2 (x - mean) / M
-            b = g["mean_in"] / count - stats.mean_in * a     # d mean_in / dx = 1 / M
-            grad_x = _grad_input(grad_y, x, stats.scale, a, b)
-        return (grad_x, g["mean_weight"], g["var_weight"], g["weight"], g["bias"],
-                None, None, None, None, None, None)
+            a = grad_var_in * (2.0 / count)                             # d var_in/dx = 2(x - mean)/M
+            b = torch.addcmul(grad_mean_in / count, s.mean_in, a, value=-1)  # d mean_in/dx = 1/M
+            grad_x = _grad_input(grad_y, x, s.scale, a, b)
+        param_grads = [g.to(dtype) for g, dtype in zip(param_grads, ctx.param_dtypes)]
+        return (grad_x, *param_grads, None, None, None, None, None, None)
 
 
-def _softmax_backward(w: Tensor, grad_w: Tensor) -> Tensor:
-    return w * (grad_w - (w * grad_w).sum())
+_SIGNS = {}  # (dtype, device) -> tensor [-1, -0.5]: d mean and d var factors
 
 
-def _small_backward(s: _Stats, weight: Tensor, grad_scale: Tensor, grad_shift: Tensor,
-                    group) -> dict[str, Tensor]:
-    """Chain rule from d scale, d shift (N, C) to the parameters and the IN moments."""
+def _small_backward(s: _Stats, grad_scale: Tensor, grad_shift: Tensor, group
+                    ) -> tuple[Tensor, ...]:
+    """Chain rule from d scale, d shift (N, C) to the IN moments and the parameters:
+    returns grad_mean_in, grad_var_in, grad_mean_weight, grad_var_weight, grad_weight,
+    grad_bias."""
     grad_bias = grad_shift.sum(0)
-    grad_mean = -s.scale * grad_shift                    # shift = bias - mean * scale
-    grad_scale = grad_scale - s.mean * grad_shift        # scale also enters through shift
-    grad_weight = (grad_scale * s.rstd).sum(0)           # scale = weight * rstd
-    grad_var = grad_scale * weight.to(s.rstd.dtype) * (-0.5) * s.rstd.pow(3)
-
-    means = [s.mean_in, s.mean_ln, s.mean_bn][: s.mean_w.numel()]
-    variances = [s.var_in, s.var_ln, s.var_bn][: s.var_w.numel()]
-    grad_mean_w = torch.stack([(grad_mean * m).sum() for m in means])
-    grad_var_w = torch.stack([(grad_var * v).sum() for v in variances])
-
-    grad_mean_in = s.mean_w[0] * grad_mean
-    grad_var_in = s.var_w[0] * grad_var
-    # LN moments: per sample over C.
-    g_mean_ln = s.mean_w[1] * grad_mean.sum(1, keepdim=True)
-    g_var_ln = s.var_w[1] * grad_var.sum(1, keepdim=True)
-    channels = grad_mean.shape[1]
-    grad_mean_in = grad_mean_in + (g_mean_ln + 2 * (s.mean_in - s.mean_ln) * g_var_ln) / channels
-    grad_var_in = grad_var_in + g_var_ln / channels
-    # BN moments: per channel over the (possibly all-reduced) batch; none in eval.
-    if s.bn_sample_weight is not None:
-        g_bn = torch.cat([s.mean_w[2] * grad_mean.sum(0), s.var_w[2] * grad_var.sum(0)])
+    grad_scale = torch.addcmul(grad_scale, s.mean, grad_shift, value=-1)  # shift = bias - mean*scale
+    grad_weight = (grad_scale * s.rstd).sum(0)                            # scale = weight * rstd
+    # d mean = -scale * d shift;  d var = -0.5 * d scale * weight * rstd^3
+    key = (s.scale.dtype, s.scale.device)
+    if key not in _SIGNS:
+        _SIGNS[key] = torch.tensor([-1.0, -0.5], dtype=key[0], device=key[1]).view(2, 1, 1)
+    grad_mixed = torch.stack([s.scale * grad_shift, grad_scale * s.scale * s.rstd.square()])
+    grad_mixed = grad_mixed * _SIGNS[key]                                 # (2, N, C)
+    n, c = grad_shift.shape
+    k = s.weights.shape[1]
+    grad_w = torch.bmm(s.stats.view(2, k, n * c), grad_mixed.view(2, n * c, 1)).view(2, k)
+    grad_logits = s.weights * (grad_w - (s.weights * grad_w).sum(1, keepdim=True))
+    # Back to the IN moments: directly, through the LN moments (over C), the BN moments (over N).
+    w = s.weights.view(2, k, 1, 1)
+    grad_in = grad_mixed * w[:, 0]
+    g_ln = grad_mixed.sum(2, keepdim=True) * (w[:, 1] / c)
+    grad_in += g_ln
+    grad_in[0].addcmul_(s.dev_ln, g_ln[1], value=2)
+    if s.dev_bn is not None:
+        g_bn = grad_mixed.sum(1, keepdim=True) * w[:, 2]
         if _synced(group):
             dist.all_reduce(g_bn, group=group)
-        g_mean_bn, g_var_bn = g_bn.view(2, 1, -1)
-        w = s.bn_sample_weight
-        grad_mean_in = grad_mean_in + w * (g_mean_bn + 2 * (s.mean_in - s.mean_bn) * g_var_bn)
-        grad_var_in = grad_var_in + w * g_var_bn
-    return {"mean_in": grad_mean_in, "var_in": grad_var_in, "bias": grad_bias,
-            "weight": grad_weight, "mean_weight": _softmax_backward(s.mean_w, grad_mean_w),
-            "var_weight": _softmax_backward(s.var_w, grad_var_w)}
+        g_bn = g_bn * s.bn_sample_weight
+        grad_in += g_bn
+        grad_in[0].addcmul_(s.dev_bn, g_bn[1], value=2)
+    return grad_in[0], grad_in[1], grad_logits[0], grad_logits[1], grad_weight, grad_bias
 
 
 def _chunkable(grad_y: Tensor, x: Tensor) -> bool:

@@ -1,9 +1,8 @@
-"""Running statistics of norm layers: batch-average recomputation and freezing."""
+"""Running statistics of norm layers: the SN paper's batch-average recomputation."""
 from __future__ import annotations
 
-import contextlib
 import itertools
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -15,21 +14,6 @@ def _stat_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules()
             if isinstance(m, (_SwitchNorm, nn.modules.batchnorm._BatchNorm))
             and m.running_mean is not None]
-
-
-@contextlib.contextmanager
-def frozen_norm_stats(model: nn.Module) -> Iterator[None]:
-    """Within the block, train-mode forwards of SN and BatchNorm layers leave running statistics
-    untouched (used for the recompute pass of activation checkpointing)."""
-    layers = _stat_layers(model)
-    saved = [m.track_running_stats for m in layers]
-    for m in layers:
-        m.track_running_stats = False
-    try:
-        yield
-    finally:
-        for m, flag in zip(layers, saved):
-            m.track_running_stats = flag
 
 
 def _first_input(batch, device: torch.device) -> torch.Tensor:
