@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-contrast", type=float,
                    help="object/background colour distance (default 0.25)")
     g.add_argument("--orientation-mark", type=float,
-                   help="half-width of an orientation bar on every object (default 0: none)")
+                   help="half-width of an orientation bar on every object, 0 = none (default 0)")
     return p
 
 
