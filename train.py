@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from snvideo.config import Config, ConfigError, TestConfig, load_config, save_config
 from snvideo.engine import builders
-from snvideo.engine.checkpoint import (all_finite, load_checkpoint, rng_state, save_checkpoint,
-                                       set_rng_state, unwrap)
+from snvideo.engine.checkpoint import (all_finite, load_checkpoint, remove_stale_temporaries,
+                                       rng_state, save_checkpoint, set_rng_state, unwrap)
 from snvideo.engine.distributed import DistEnv, all_reduce_sum, barrier, cleanup, init_distributed
 from snvideo.engine.logbook import Logbook
 from snvideo.norm import convert_sync_switchnorm, recompute_norm_stats
@@ -121,6 +121,8 @@ def train(cfg: Config, args: argparse.Namespace, env: DistEnv) -> None:
     scaler = torch.amp.GradScaler(env.device.type, enabled=t.amp == "fp16")
 
     start_epoch, best_top1 = 0, 0.0
+    if env.is_main:
+        remove_stale_temporaries(cfg.work_dir)
     resume_path = args.resume or os.path.join(cfg.work_dir, "latest.pt")
     if (args.resume or not args.no_resume) and os.path.isfile(resume_path):
         ckpt = load_checkpoint(resume_path)

@@ -15,7 +15,8 @@ import yaml
 
 import train as train_script
 from snvideo.engine import builders
-from snvideo.engine.checkpoint import load_checkpoint, save_checkpoint
+from snvideo.engine.checkpoint import (load_checkpoint, remove_stale_temporaries,
+                                       save_checkpoint)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_MODEL = {"arch": "resnet3d_10", "norm": "sn", "dropout": 0.0,
@@ -205,6 +206,13 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         save_checkpoint({"epoch": 2}, path)
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1
+    assert os.listdir(tmp_path) == ["latest.pt"]
+
+
+def test_stale_temporaries_of_a_killed_write_are_removed(tmp_path):
+    save_checkpoint({"epoch": 1}, str(tmp_path / "latest.pt"))
+    (tmp_path / "best.pt.tmp.12345").write_bytes(b"half a checkpoint")
+    assert remove_stale_temporaries(str(tmp_path)) == [str(tmp_path / "best.pt.tmp.12345")]
     assert os.listdir(tmp_path) == ["latest.pt"]
 
 

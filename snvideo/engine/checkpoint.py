@@ -45,6 +45,16 @@ def save_checkpoint(state: dict[str, Any], path: str) -> None:
             os.remove(tmp)
 
 
+def remove_stale_temporaries(work_dir: str) -> list[str]:
+    """Delete half-written checkpoint files a killed run left behind (`NAME.tmp.PID`)."""
+    if not os.path.isdir(work_dir):
+        return []
+    stale = [os.path.join(work_dir, f) for f in os.listdir(work_dir) if ".pt.tmp." in f]
+    for path in stale:
+        os.remove(path)
+    return stale
+
+
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
