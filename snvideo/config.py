@@ -161,10 +161,6 @@ def _check_type(key: str, value: Any, annotation: Any, source: str) -> Any:
     raise ConfigError(f"{source}: {key} must be {names}, got {value!r}")
 
 
-def _field_types(section_cls) -> dict[str, Any]:
-    return typing.get_type_hints(section_cls)
-
-
 def build_config(raw: dict, source: str = "<config>") -> Config:
     """Typed Config from a plain dict; unknown keys and wrong types raise ConfigError."""
     cfg = Config()
@@ -178,7 +174,7 @@ def build_config(raw: dict, source: str = "<config>") -> Config:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: section {key!r} must be a mapping, got {value!r}")
         section = getattr(cfg, key)
-        types_ = _field_types(type(section))
+        types_ = typing.get_type_hints(type(section))
         for name, item in value.items():
             dotted = f"{key}.{name}"
             if name not in types_:

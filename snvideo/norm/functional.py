@@ -166,9 +166,8 @@ def switch_norm(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tens
     params = (mean_weight, var_weight, weight, bias)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
     if torch.compiler.is_compiling() or not needs_grad:
-        stats = _statistics(x, *params, running_mean, running_var, training, momentum, eps,
-                            process_group)
-        return _affine(x, stats.scale, stats.shift)
+        return switch_norm_reference(x, *params, running_mean, running_var, training, momentum,
+                                     eps, process_group)
     return SwitchNormFunction.apply(x, *params, running_mean, running_var, training, momentum,
                                     eps, process_group)
 

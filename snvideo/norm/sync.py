@@ -2,8 +2,9 @@
 
 Only the BN-branch moments cross processes (IN and LN are per sample). They are merged with
 each process's element count as weight, so uneven per-process batches give the same result as
-one process holding the concatenated batch. The all-reduces are autograd-aware
-(torch.distributed.nn), so gradients flow through the merge.
+one process holding the concatenated batch. Gradients flow through the merge: the eager
+backward all-reduces the BN-moment gradients (snvideo.norm.functional), and the compiled path
+uses autograd-aware all-reduces (torch.distributed.nn).
 """
 from __future__ import annotations
 
