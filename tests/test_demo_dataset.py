@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from snvideo.data.synthetic import (CLASS_NAMES, SceneParams, label_folder, make_demo_dataset,
-                                   object_states, render_video, write_video)
+from snvideo.data.synthetic import (ALL_MOTIONS, CLASS_NAMES, MORE_MOTIONS, SceneParams,
+                                   label_folder, make_demo_dataset, object_states, render_video,
+                                   write_video)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -148,9 +149,9 @@ def test_object_state_marginals_are_class_independent():
     lo, hi = SceneParams().object_size
     ks_limit = 1.95 / np.sqrt(n)  # Kolmogorov-Smirnov, ~0.1% level per test
     grid = (np.arange(n) + 0.5) / n
-    for c in range(len(CLASS_NAMES)):
+    for c, motion in enumerate(ALL_MOTIONS):
         rng = np.random.default_rng([5, c])
-        states = [object_states(c, rng, h, w, frames) for _ in range(n)]
+        states = [object_states(motion, rng, h, w, frames) for _ in range(n)]
         for t in (0, frames // 2, frames - 1):
             cols = {
                 "x": [s["cx"][t] / w for s in states],
@@ -161,7 +162,7 @@ def test_object_state_marginals_are_class_independent():
             }
             for name, values in cols.items():
                 ks = np.abs(np.sort(values) - grid).max()
-                assert ks < ks_limit, (CLASS_NAMES[c], t, name, ks)
+                assert ks < ks_limit, (motion, t, name, ks)
 
 
 def test_motion_separates_classes(class_stats):
@@ -176,6 +177,49 @@ def test_motion_separates_classes(class_stats):
     # each class is extreme on its own feature, not on the others' (e.g. rotation is not drift)
     for name in ("rotating clockwise", "growing", "staying still"):
         assert abs(z[name][tx]) < 4 and abs(z[name][ty]) < 4
+
+
+def test_more_motions_move_as_named():
+    """The extra motions, from the object states: circling turns the centre's path clockwise or
+    counter-clockwise, vertical swinging moves only y, shaking stays within its amplitude."""
+    h = w = 64
+    p = SceneParams()
+    for i in range(20):
+        turns = {}
+        for motion in ("circling clockwise", "circling counter-clockwise"):
+            s = object_states(motion, np.random.default_rng([7, i]), h, w, 16)
+            vx, vy = np.diff(s["cx"]), np.diff(s["cy"])
+            vx, vy = (vx + w / 2) % w - w / 2, (vy + h / 2) % h - h / 2  # unwrap the torus
+            turns[motion] = np.mean(vx[:-1] * vy[1:] - vy[:-1] * vx[1:])  # > 0: clockwise (y down)
+        assert turns["circling clockwise"] > 0 > turns["circling counter-clockwise"]
+        s = object_states("swinging up and down", np.random.default_rng([8, i]), h, w, 16)
+        assert np.ptp(s["cx"]) == 0 and np.ptp(s["cy"]) > 0
+        s = object_states("shaking", np.random.default_rng([9, i]), h, w, 16)
+        for axis, size in (("cx", w), ("cy", h)):
+            path = (s[axis] - s[axis][0] + size / 2) % size - size / 2
+            assert 0 < np.abs(path).max() <= 2 * p.shake_amplitude[1] * min(h, w) + 1e-9
+    assert set(MORE_MOTIONS) <= set(ALL_MOTIONS)
+
+
+def test_motions_option_renders_the_named_motions(tmp_path):
+    """Regression: with `motions`, each class's videos show that motion (they once showed
+    CLASS_NAMES[class index] instead)."""
+    motions = ["staying still", "moving right", "moving down"]  # indices 0-2 are other classes
+    make_demo_dataset(tmp_path, motions=motions, train_per_class=2, val_per_class=0, size=32,
+                      frames=12, workers=0, noise=0.0)
+    rows = read_csv(tmp_path / "annotations" / "train.csv")
+    assert [r["label"] for r in rows] == [m for m in motions for _ in range(2)]
+    for r in rows:
+        video = next((tmp_path / "videos" / label_folder(r["label"])).glob(f"{r['youtube_id']}_*"))
+        frames = _gray(decode_all(video)[0])
+        tx, ty, _, _, energy = np.mean([motion_stats(frames[t], frames[t + 1])
+                                        for t in range(len(frames) - 1)], 0)
+        if r["label"] == "staying still":
+            assert energy < 0.01, r
+        elif r["label"] == "moving right":
+            assert tx > 0.3 and abs(ty) < 0.5 * tx, (r, tx, ty)
+        else:
+            assert ty > 0.3 and abs(tx) < 0.5 * ty, (r, tx, ty)
 
 
 # --------------------------------------------------------------------------------------------

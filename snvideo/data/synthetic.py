@@ -59,9 +59,16 @@ DIRECTIONS: dict[str, tuple[float, float]] = {
     "up-left": (-_DIAGONAL, -_DIAGONAL), "up-right": (_DIAGONAL, -_DIAGONAL),
     "down-left": (-_DIAGONAL, _DIAGONAL), "down-right": (_DIAGONAL, _DIAGONAL),
 }
-# Every motion the generator draws: CLASS_NAMES (the default classes) and the diagonals.
+# Every motion the generator draws: CLASS_NAMES (the default classes), the diagonals, and more
+# motions for other class sets (the embedded demo picks its classes with `motions`).
+MORE_MOTIONS: tuple[str, ...] = (
+    "swinging up and down",
+    "circling clockwise",
+    "circling counter-clockwise",
+    "shaking",
+)
 ALL_MOTIONS: tuple[str, ...] = CLASS_NAMES + tuple(
-    f"moving {d}" for d in DIRECTIONS if f"moving {d}" not in CLASS_NAMES)
+    f"moving {d}" for d in DIRECTIONS if f"moving {d}" not in CLASS_NAMES) + MORE_MOTIONS
 
 _CODECS = {"h264": "libx264", "mpeg4": "mpeg4", "vp9": "libvpx-vp9"}
 _MARKER = ".demo_complete.json"
@@ -159,6 +166,10 @@ class SceneParams:
     zoom_rate: tuple[float, float] = (0.012, 0.024)    # growth, log-size per frame
     swing_amplitude: tuple[float, float] = (0.08, 0.16)
     swing_period: tuple[float, float] = (10.0, 18.0)   # frames
+    circle_radius: tuple[float, float] = (0.12, 0.2)   # circling: radius of the path
+    circle_speed: tuple[float, float] = (15.0, 25.0)   # circling: degrees of the path per frame
+    shake_amplitude: tuple[float, float] = (0.03, 0.06)
+    shake_period: tuple[float, float] = (2.5, 4.0)     # frames, drawn for x and y separately
     object_size: tuple[float, float] = (0.22, 0.6)     # object diameter
     zoom_fade: float = 0.1   # fraction of the log-size circle over which the object fades
     noise: float = 0.02      # std of additive per-pixel Gaussian noise (0..1 intensities)
@@ -257,10 +268,26 @@ def _object_trajectory(rng: np.random.Generator, motion: str, t: np.ndarray, h: 
         u = u0 + zoom * t
     elif motion == "shrinking":
         u = u0 - zoom * t
-    elif motion == "swinging side to side":
+    elif motion in ("swinging side to side", "swinging up and down"):
         amp = rng.uniform(*p.swing_amplitude) * short
         period = rng.uniform(*p.swing_period)
-        x = x0 + amp * np.sin(2 * np.pi * t / period + rng.uniform(0, 2 * np.pi))
+        offset = amp * np.sin(2 * np.pi * t / period + rng.uniform(0, 2 * np.pi))
+        if motion == "swinging side to side":
+            x = x0 + offset
+        else:
+            y = y0 + offset
+    elif motion in ("circling clockwise", "circling counter-clockwise"):
+        # the centre runs around a circle (y points down: increasing angle is clockwise)
+        radius = rng.uniform(*p.circle_radius) * short
+        turn = math.radians(rng.uniform(*p.circle_speed))
+        phase = rng.uniform(0, 2 * np.pi) + (turn if motion == "circling clockwise" else -turn) * t
+        x, y = x0 + radius * np.cos(phase), y0 + radius * np.sin(phase)
+    elif motion == "shaking":  # fast small oscillations, independent in x and y
+        amp = rng.uniform(*p.shake_amplitude) * short
+        x = x0 + amp * np.sin(2 * np.pi * t / rng.uniform(*p.shake_period)
+                              + rng.uniform(0, 2 * np.pi))
+        y = y0 + amp * np.sin(2 * np.pi * t / rng.uniform(*p.shake_period)
+                              + rng.uniform(0, 2 * np.pi))
     elif motion == "drifting":  # distractors: straight motion in a random direction
         vx, vy = velocity if velocity is not None else (0.0, 0.0)
         x, y = x0 + vx * t, y0 + vy * t
@@ -401,7 +428,7 @@ def _youtube_ids(rng: np.random.Generator, n: int) -> list[str]:
 @dataclass(frozen=True)
 class _VideoJob:
     path: str
-    label: int
+    motion: str  # the class's motion, by name (its index depends on the class set)
     seed: tuple[int, ...]
     size: int
     frames: int
@@ -413,7 +440,7 @@ class _VideoJob:
 def _render_and_write(job: _VideoJob) -> str:
     if os.path.exists(job.path):  # written atomically, so an existing file is complete
         return "skipped"
-    frames = render_video(job.label, np.random.default_rng(list(job.seed)), job.size, job.size,
+    frames = render_video(job.motion, np.random.default_rng(list(job.seed)), job.size, job.size,
                           job.frames, job.params)
     write_video(job.path, frames, fps=job.fps, codec=job.codec, crf=18)
     return "done"
@@ -441,6 +468,10 @@ def make_demo_dataset(out_dir: str | os.PathLike, classes: int = 10, train_per_c
                       zoom_rate: tuple[float, float] = SceneParams.zoom_rate,
                       swing_amplitude: tuple[float, float] = SceneParams.swing_amplitude,
                       swing_period: tuple[float, float] = SceneParams.swing_period,
+                      circle_radius: tuple[float, float] = SceneParams.circle_radius,
+                      circle_speed: tuple[float, float] = SceneParams.circle_speed,
+                      shake_amplitude: tuple[float, float] = SceneParams.shake_amplitude,
+                      shake_period: tuple[float, float] = SceneParams.shake_period,
                       object_size: tuple[float, float] = SceneParams.object_size,
                       zoom_fade: float = SceneParams.zoom_fade,
                       noise: float = SceneParams.noise,
@@ -476,17 +507,22 @@ def make_demo_dataset(out_dir: str | os.PathLike, classes: int = 10, train_per_c
         raise ValueError(f"frames must be >= 2, got {frames}")
     for name, rng_ in (("speed", speed), ("rot_speed", rot_speed), ("zoom_rate", zoom_rate),
                        ("swing_amplitude", swing_amplitude), ("swing_period", swing_period),
+                       ("circle_radius", circle_radius), ("circle_speed", circle_speed),
+                       ("shake_amplitude", shake_amplitude), ("shake_period", shake_period),
                        ("object_size", object_size)):
         if len(rng_) != 2 or not 0 <= rng_[0] <= rng_[1]:
             raise ValueError(f"{name} must be a (lo, hi) pair with 0 <= lo <= hi, got {rng_}")
-    if not (0 < object_size[0] and object_size[1] < 1 and swing_period[0] > 0):
-        raise ValueError(f"need 0 < object_size < 1 and swing_period > 0, got {object_size}, "
-                         f"{swing_period}")
+    if not (0 < object_size[0] and object_size[1] < 1 and swing_period[0] > 0
+            and shake_period[0] > 0):
+        raise ValueError(f"need 0 < object_size < 1 and swing_period, shake_period > 0, got "
+                         f"{object_size}, {swing_period}, {shake_period}")
     if noise < 0 or bg_drift < 0 or distractors < 0 or zoom_fade < 0:
         raise ValueError("noise, bg_drift, distractors and zoom_fade must be >= 0")
     scene = SceneParams(speed=tuple(speed), rot_speed=tuple(rot_speed),
                         zoom_rate=tuple(zoom_rate), swing_amplitude=tuple(swing_amplitude),
-                        swing_period=tuple(swing_period), object_size=tuple(object_size),
+                        swing_period=tuple(swing_period), circle_radius=tuple(circle_radius),
+                        circle_speed=tuple(circle_speed), shake_amplitude=tuple(shake_amplitude),
+                        shake_period=tuple(shake_period), object_size=tuple(object_size),
                         zoom_fade=zoom_fade, noise=noise, bg_drift=bg_drift,
                         distractors=int(distractors), min_contrast=min_contrast,
                         orientation_mark=float(orientation_mark))
@@ -539,7 +575,7 @@ def make_demo_dataset(out_dir: str | os.PathLike, classes: int = 10, train_per_c
                 t0 = int(id_rng.integers(0, 290))
                 rows[split].append((name, vid, t0, t0 + 10, split))
                 path = video_dir / label_folder(name) / f"{vid}_{t0:06d}_{t0 + 10:06d}{ext}"
-                jobs.append(_VideoJob(str(path), c, (seed, 1, split_idx, c, i), size, frames,
+                jobs.append(_VideoJob(str(path), name, (seed, 1, split_idx, c, i), size, frames,
                                       float(fps), codec, scene))
     results = _run_jobs(jobs, _default_workers() if workers is None else int(workers))
 
