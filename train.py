@@ -25,7 +25,8 @@ from snvideo.config import Config, ConfigError, TestConfig, load_config, save_co
 from snvideo.engine import builders
 from snvideo.engine.checkpoint import (all_finite, load_checkpoint, remove_stale_temporaries,
                                        rng_state, save_checkpoint, set_rng_state, unwrap)
-from snvideo.engine.distributed import DistEnv, all_reduce_sum, barrier, cleanup, init_distributed
+from snvideo.engine.distributed import (DistEnv, all_reduce_sum, barrier, cleanup,
+                                        init_distributed, set_cpu_threads)
 from snvideo.engine.logbook import Logbook
 from snvideo.norm import convert_sync_switchnorm, recompute_norm_stats
 
@@ -94,6 +95,7 @@ def prepare_demo(cfg: Config, env: DistEnv) -> None:
 
 def train(cfg: Config, args: argparse.Namespace, env: DistEnv) -> None:
     t = cfg.train
+    set_cpu_threads(env, cfg.data.num_workers)
     torch.manual_seed(t.seed + env.rank)
     train_set = builders.train_dataset(cfg)
     classes = list(train_set.classes)

@@ -28,10 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="Generate the synthetic motion-only action dataset (10 classes "
         "defined by how a textured object moves: moving left/right/up/down, rotating "
         "(counter-)clockwise, growing, shrinking, swinging side to side, staying still) in "
-        "the Kinetics layout.")
+        "the Kinetics layout. --motions picks another class set, e.g. the embedded demo's "
+        "(configs/demo.yaml).")
     p.add_argument("out", metavar="OUT", help="output directory")
     p.add_argument("--classes", type=int, default=10,
                    help="number of classes, 1..10 (default 10)")
+    p.add_argument("--motions", metavar="NAMES",
+                   help="comma-separated motions as classes instead of the first --classes "
+                   "default ones, e.g. 'moving left,moving up-left,staying still' "
+                   "(all: snvideo.data.synthetic.ALL_MOTIONS)")
     p.add_argument("--train-per-class", type=int, default=40, help="default 40")
     p.add_argument("--val-per-class", type=int, default=10, help="default 10")
     p.add_argument("--size", type=int, default=64, help="frame height = width (default 64)")
@@ -74,7 +79,9 @@ def _run(args: argparse.Namespace) -> int:
                   for k in DIFFICULTY if (v := getattr(args, k)) is not None}
     try:
         info = make_demo_dataset(
-            out, classes=args.classes, train_per_class=args.train_per_class,
+            out, classes=args.classes,
+            motions=[m.strip() for m in args.motions.split(",")] if args.motions else None,
+            train_per_class=args.train_per_class,
             val_per_class=args.val_per_class, size=args.size, frames=args.frames,
             fps=args.fps, seed=args.seed, workers=args.workers, codec=args.codec,
             **difficulty)

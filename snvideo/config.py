@@ -30,7 +30,7 @@ class ModelConfig:
     num_classes: int | None = None        # default: from the training annotations
     dropout: float = 0.5
     zero_init_last_norm: bool = False
-    checkpoint_stages: bool = False       # activation checkpointing of residual stages
+    checkpoint_stages: bool = False       # activation checkpointing of every residual block
     pretrained2d: str | None = None       # local ImageNet 2D ResNet state dict to inflate
     arch_kwargs: dict = field(default_factory=dict)
 

@@ -326,6 +326,12 @@ def test_make_demo_dataset_cli(tmp_path, capsys):
     assert "done 0, skipped 4" in capsys.readouterr().out
     assert tool.main(argv[:1] + ["--classes", "11"]) == 2
     assert "error: classes must be in 1..10" in capsys.readouterr().err
+    other = tmp_path / "motions"
+    assert tool.main([str(other), "--motions", "moving up-left, shaking", *argv[3:]]) == 0
+    assert {r["label"] for r in read_csv(other / "annotations" / "train.csv")} == {
+        "moving up-left", "shaking"}
+    assert tool.main([str(other), "--motions", "moonwalking", *argv[3:]]) == 2
+    assert "error: motions must be distinct names" in capsys.readouterr().err
 
 
 def test_cli_help_states_the_generator_defaults():

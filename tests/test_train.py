@@ -230,3 +230,22 @@ def test_two_process_ddp_training(tmp_path, tiny_data):
     assert ckpt["epoch"] == 1
     assert any(k.endswith("mean_weight") for k in ckpt["model"])
     assert not any(k.startswith("module.") for k in ckpt["model"])
+
+
+def test_cpu_threads_leave_cores_to_data_workers(monkeypatch):
+    from snvideo.engine.distributed import DistEnv, set_cpu_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    try:
+        assert set_cpu_threads(DistEnv(), data_workers=3) == 5
+        assert torch.get_num_threads() == 5
+        assert set_cpu_threads(DistEnv(world_size=2), data_workers=1) == 3  # 4 cores each
+        assert set_cpu_threads(DistEnv(), data_workers=20) == 1
+        assert set_cpu_threads(DistEnv(device=torch.device("cuda", 0)), 1) is None
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert set_cpu_threads(DistEnv(), data_workers=1) is None  # the user's choice stands
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,1 @@
+"""Reproducible experiments built on train.py (python -m snvideo.experiments.<name>)."""
