@@ -180,7 +180,8 @@ def test_sigkill_then_rerun_finishes_all_epochs(tmp_path, tiny_data):
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), "--config", cfg],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while not (work / "epoch_1.pt").exists() and time.time() < deadline and proc.poll() is None:
+    # killed once the first epoch's checkpoints exist (latest.pt is written after epoch_1.pt)
+    while not (work / "latest.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
