@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from snvideo.config import load_config
+
 REPO = Path(__file__).resolve().parents[2]
 UPDATE_BATCH = 8  # clips per optimizer update in every cell
 
@@ -75,9 +77,7 @@ class Setting:
 # The study's classes are the embedded demo's (eight directions, swinging, staying still), made
 # harder so that no normalizer saturates them: slower and subtler motion, pixel noise, a
 # drifting background, a drifting distractor object, lower contrast and fewer training videos.
-DEMO_MOTIONS = ["moving left", "moving right", "moving up", "moving down", "moving up-left",
-                "moving up-right", "moving down-left", "moving down-right",
-                "swinging side to side", "staying still"]
+DEMO_MOTIONS = load_config(str(REPO / "configs" / "demo.yaml")).data.demo_kwargs["motions"]
 _HARD_SCENES = dict(motions=DEMO_MOTIONS, size=32, frames=24, speed=[0.03, 0.05],
                     swing_amplitude=[0.12, 0.2], object_size=[0.3, 0.8], noise=0.02,
                     bg_drift=0.005, distractors=1, min_contrast=0.4)
@@ -137,9 +137,8 @@ def run_cell(cell: Cell, command: list[str], cell_dir: Path, log=print) -> dict:
         log(f"[{cell.name}] done earlier: {result_path}")
     results = json.loads(result_path.read_text())
     wall = cell_dir / "wall_seconds.txt"
-    epochs = [json.loads(line) for line in (cell_dir / "metrics.jsonl").read_text().splitlines()
-              if '"epoch"' in line]
-    epochs = [e for e in epochs if e.get("kind") == "epoch"]
+    records = [json.loads(line) for line in (cell_dir / "metrics.jsonl").read_text().splitlines()]
+    epochs = [e for e in records if e.get("kind") == "epoch"]
     record = {"norm": cell.norm, "label": cell.label, "clips": cell.clips, "seed": cell.seed,
               "top1": results["top1"], "top5": results["top5"],
               "mean_class_acc": results["mean_class_acc"],
@@ -160,7 +159,6 @@ def summarize(records: list[dict]) -> list[dict]:
         out.append({"label": label, "norm": runs[0]["norm"], "clips": clips, "seeds": len(runs),
                     "top1_mean": statistics.fmean(top1),
                     "top1_std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
-                    "top1_min": min(top1), "top1_max": max(top1),
                     "top1_runs": top1,
                     "train_loss_mean": statistics.fmean(r["final_train_loss"] for r in runs)
                     if all(r.get("final_train_loss") is not None for r in runs) else None})
@@ -246,16 +244,16 @@ def plot_top1(rows: list[dict], path: Path) -> bool:
 
 
 def sn_importance_columns(work_dir: Path, cells: list[Cell]) -> list[tuple[str, list]]:
-    """SN importance of the first seed's SN runs at 8 and 2 clips per process (when run)."""
-    from snvideo.analysis.sn_weights import load_state_dict, sn_importance
-
+    """SN importance of the first seed's SN runs at 8 and 2 clips per process (when run), from
+    the sn_importance.json that train.py writes at the end of each run."""
     seed = min(c.seed for c in cells)
     columns = []
     for clips in (8, 2):
-        ckpt = work_dir / Cell("sn", clips, seed).name / "latest.pt"
-        if Cell("sn", clips, seed) in cells and ckpt.is_file():
-            state, _ = load_state_dict(str(ckpt))
-            columns.append((f"sn, {clips} clips per process (seed {seed})", sn_importance(state)))
+        path = work_dir / Cell("sn", clips, seed).name / "sn_importance.json"
+        if Cell("sn", clips, seed) in cells and path.is_file():
+            rows = [(r["layer"], {"mean": r["mean"], "var": r["var"]})
+                    for r in json.loads(path.read_text())]
+            columns.append((f"sn, {clips} clips per process (seed {seed})", rows))
     return columns
 
 
