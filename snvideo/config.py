@@ -41,6 +41,8 @@ class DataConfig:
     train_ann: str = ""
     val_ann: str = ""
     test_ann: str | None = None           # default: val_ann
+    classes_file: str | None = None       # classInd.txt (UCF101), labels.json (SSv2) or a label map
+    split: int | None = None              # HMDB51 split (1, 2, 3) of the split-file folder
     clip_len: int = 32
     frame_interval: int = 2
     batch_size: int = 8                   # clips per GPU (per process)

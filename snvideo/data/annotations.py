@@ -9,6 +9,10 @@ List file: `relative/path.mp4 label` per line (label an int index, paths relativ
 classes are the label ints as strings unless a label map is given.
 
 Rawframe list: `frame_dir total_frames label` per line.
+
+UCF101, HMDB51, Something-Something v2 and folder-per-class layouts: see snvideo.data.layouts.
+A `path label` list whose labels start at 1 and follow its class folders (a UCF101 trainlist)
+is refused unless a class file says how to read it: classInd.txt (1-based) or a label map.
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ class Annotations:
     records: list[VideoRecord]
     classes: list[str]
     missing: list[str] = field(default_factory=list)  # ids listed in the file but absent on disk
-    format: str = "list"  # "kinetics_csv", "list" or "rawframes"
+    format: str = "list"  # "kinetics_csv", "list", "rawframes", "ucf101", "hmdb51", "sthv2", "folders"
 
 
 def read_class_names(classes: Sequence[str] | str | os.PathLike | None) -> list[str] | None:
@@ -62,28 +66,70 @@ def _is_label(text: str) -> bool:
     return text.isdigit() or text == "-1"
 
 
-def detect_format(ann_file: str | os.PathLike) -> str:
-    """"kinetics_csv", "list" or "rawframes", from the first non-empty line."""
-    with open(ann_file, encoding="utf-8") as f:
+def detect_format(ann_file: str | os.PathLike, classes_file: str | os.PathLike | None = None) -> str:
+    """"kinetics_csv", "list", "rawframes", "ucf101", "hmdb51", "sthv2" or "folders".
+
+    A folder: HMDB51 split files or class folders. A JSON list: Something-Something v2. A text
+    list: UCF101 when `classes_file` is a classInd.txt, otherwise from the first line."""
+    from .layouts import detect_directory_format, is_sthv2_json, read_class_file
+
+    if os.path.isdir(ann_file):
+        return detect_directory_format(ann_file)
+    if is_sthv2_json(ann_file):
+        return "sthv2"
+    with open(ann_file, encoding="utf-8-sig") as f:
         first = next((line.strip() for line in f if line.strip()), "")
     if "youtube_id" in first and "," in first:
         return "kinetics_csv"
     fields = first.split()
     if len(fields) >= 3 and _is_label(fields[-1]) and fields[-2].isdigit():
         return "rawframes"
+    if classes_file is not None and read_class_file(classes_file).kind == "classind":
+        return "ucf101"
     return "list"
 
 
 def load_annotations(
-    ann_file: str | os.PathLike, root: str | os.PathLike, classes: Sequence[str] | str | None = None
+    ann_file: str | os.PathLike,
+    root: str | os.PathLike,
+    classes: Sequence[str] | str | None = None,
+    classes_file: str | os.PathLike | None = None,
+    split: int | None = None,
+    subset: str = "train",
 ) -> Annotations:
-    """Video records of a Kinetics CSV or a list file (format detected), missing files split off."""
-    fmt = detect_format(ann_file)
+    """Video records of any supported layout (detected), missing files split off.
+
+    classes_file: the dataset's class file (classInd.txt, labels.json, or a label map), which
+    fixes the class order. classes: the order to label in (e.g. a trained model's), matched by
+    name; for an int-labelled list it is the label map. split / subset: the HMDB51 split
+    (1, 2, 3) and which part of it ("train": videos marked 1, "test": marked 2)."""
+    from .layouts import (load_class_folders, load_hmdb51, load_sthv2, load_ucf101, read_class_file,
+                          relabel)
+
+    class_file = read_class_file(classes_file) if classes_file is not None else None
+    given = read_class_names(classes)
+    fmt = detect_format(ann_file, classes_file)
+    source = os.fspath(ann_file)
+    if fmt in ("ucf101", "hmdb51", "sthv2", "folders"):
+        names = class_file.names if class_file is not None else None
+        if fmt == "ucf101":
+            annotations = load_ucf101(ann_file, root, class_file)
+        elif fmt == "sthv2":
+            annotations = load_sthv2(ann_file, root, class_file)
+        elif fmt == "hmdb51":
+            annotations = load_hmdb51(ann_file, root, split, subset, names)
+        else:
+            annotations = load_class_folders(ann_file, names)
+        return relabel(annotations, given, source) if given is not None else annotations
+    if class_file is not None and class_file.kind == "labels_json":
+        raise ValueError(f"{class_file.path} is a Something-Something v2 labels.json, but {source} "
+                         f"is not a Something-Something v2 list (data.classes_file)")
+    label_map = given if given is not None else (class_file.names if class_file is not None else None)
     if fmt == "kinetics_csv":
-        return _load_kinetics_csv(ann_file, root, read_class_names(classes))
+        return _load_kinetics_csv(ann_file, root, label_map)
     if fmt == "rawframes":
         raise ValueError(f"{ann_file} looks like a rawframe list (frame_dir total_frames label); use RawFrameDataset")
-    return _load_list(ann_file, root, read_class_names(classes))
+    return _load_list(ann_file, root, label_map, explicit_label_map=class_file is not None)
 
 
 def index_videos(root: str | os.PathLike) -> dict[str, list[str]]:
@@ -140,13 +186,21 @@ def _pick(paths: list[str] | None, label: str | None) -> str | None:
     return paths[0]
 
 
-def _load_list(ann_file, root, classes: list[str] | None) -> Annotations:
+def _load_list(ann_file, root, classes: list[str] | None, explicit_label_map: bool = False) -> Annotations:
     entries = []
     for line_number, line in _lines(ann_file):
         parts = line.rsplit(maxsplit=1)
         if len(parts) != 2 or not _is_label(parts[1]):
+            if _looks_like_ucf101_testlist(ann_file):
+                raise ValueError(f"{ann_file}: the lines carry no label, as in a UCF101 testlist (the label is "
+                                 "the class folder): set data.classes_file to its classInd.txt")
             raise ValueError(f"{ann_file}:{line_number}: expected 'relative/path label', got {line!r}")
         entries.append((parts[0], int(parts[1]), line_number))
+    if not explicit_label_map and _looks_like_ucf101_trainlist(entries):
+        raise ValueError(
+            f"{ann_file}: the labels start at 1 and follow the class folders, as in a UCF101 trainlist "
+            "(1-based): set data.classes_file to its classInd.txt, or to a label map (one class name "
+            "per line) to read it as a 0-based 'path label' list")
     classes = _classes_for_int_labels(ann_file, [(label, n) for _, label, n in entries], classes)
     records, missing = [], []
     for relative, label, _ in entries:
@@ -179,6 +233,23 @@ def load_rawframe_annotations(
     return Annotations(records, names, missing, "rawframes")
 
 
+def _looks_like_ucf101_trainlist(entries: list[tuple[str, int, int]]) -> bool:
+    """Every path in a class folder, folders and labels one to one, and no label 0: a 1-based list."""
+    if not entries or min(label for _, label, _ in entries) < 1:
+        return False
+    folder_label: dict[str, int] = {}
+    for path, label, _ in entries:
+        path = path.replace("\\", "/")
+        if "/" not in path or folder_label.setdefault(path.split("/")[0], label) != label:
+            return False
+    return len(set(folder_label.values())) == len(folder_label)
+
+
+def _looks_like_ucf101_testlist(ann_file) -> bool:
+    lines = [line for _, line in _lines(ann_file)]
+    return bool(lines) and all(len(line.split()) == 1 and "/" in line for line in lines)
+
+
 def _classes_for_int_labels(ann_file, labels: list[tuple[int, int]], classes: list[str] | None) -> list[str]:
     top = max((label for label, _ in labels), default=-1)
     if classes is None:
@@ -190,7 +261,7 @@ def _classes_for_int_labels(ann_file, labels: list[tuple[int, int]], classes: li
 
 
 def _lines(ann_file):
-    with open(ann_file, encoding="utf-8") as f:
+    with open(ann_file, encoding="utf-8-sig") as f:
         for line_number, line in enumerate(f, start=1):
             line = line.strip()
             if line and not line.startswith("#"):

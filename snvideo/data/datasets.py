@@ -185,12 +185,17 @@ class _ClipDataset(Dataset):
 
 
 class VideoDataset(_ClipDataset):
-    """Clips decoded from video files listed in a Kinetics CSV or an mmaction2 list file.
+    """Clips decoded from video files listed in a Kinetics CSV, an mmaction2 list file, a
+    UCF101 / HMDB51 / Something-Something v2 annotation, or a folder of class folders.
 
     The annotation format is detected (see snvideo.data.annotations); listed videos missing on
     disk are left out, named in `dataset.missing` and summarised in one warning. `classes` (a
     list or a label-map file) fixes the class order; `dataset.classes` is the order in use and
-    `dataset.write_label_map(path)` saves it.
+    `dataset.write_label_map(path)` saves it. `classes_file` is the dataset's own class file
+    (classInd.txt, labels.json, or a label map) and `split` the HMDB51 split; an HMDB51 split
+    gives its training videos (marked 1) to a training dataset and its test videos (marked 2)
+    in test mode. For a folder of class folders `root` may be empty (video names are then
+    relative to that folder).
 
     transform=None applies train_transform(short_side, crop_size) in training and
     test_transform(short_side, crop_size, num_crops) in test mode. A custom transform gets a
@@ -215,10 +220,15 @@ class VideoDataset(_ClipDataset):
         max_retries: int = 10,
         classes: Sequence[str] | str | None = None,
         seed: int = 0,
+        classes_file: str | os.PathLike | None = None,
+        split: int | None = None,
     ):
         self.ann_file, self.root, self.backend = os.fspath(ann_file), os.fspath(root), backend
-        annotations = load_annotations(ann_file, root, classes)
+        annotations = load_annotations(ann_file, root, classes, classes_file=classes_file, split=split,
+                                       subset="test" if test_mode else "train")
         self.format = annotations.format
+        if self.format == "folders" and not self.root:
+            self.root = self.ann_file
         super().__init__(
             annotations, clip_len, frame_interval, num_clips, test_mode, transform,
             short_side, crop_size, num_crops, max_retries, seed, source=self.ann_file,

@@ -24,19 +24,37 @@ def model_from_config(model_cfg: ModelConfig, num_classes: int) -> nn.Module:
 
 
 def check_data_paths(cfg: Config, need_train: bool = True) -> None:
-    """Raise ConfigError naming the first missing annotation file or video root."""
-    keys = ["data.root", "data.val_ann"] + (["data.train_ann"] if need_train else [])
+    """Raise ConfigError naming the first missing annotation file or folder, class file or
+    video root (data.root may stay empty when every annotation is a folder of class folders)."""
+    keys = ["data.val_ann"] + (["data.train_ann"] if need_train else [])
     if not need_train and cfg.data.test_ann:
-        keys[1] = "data.test_ann"
+        keys[0] = "data.test_ann"
     for key in keys:
         value = getattr(cfg.data, key.split(".")[1])
         if not value:
             raise ConfigError(f"{key} is not set")
-        exists = os.path.isdir(value) if key == "data.root" else os.path.isfile(value)
-        if not exists:
+        if not os.path.exists(value):
             raise ConfigError(f"{key}: not found: {value}")
+    if cfg.data.root or not all(_is_class_folders(getattr(cfg.data, k.split(".")[1])) for k in keys):
+        if not cfg.data.root:
+            raise ConfigError("data.root is not set")
+        if not os.path.isdir(cfg.data.root):
+            raise ConfigError(f"data.root: not found: {cfg.data.root}")
+    if cfg.data.classes_file and not os.path.isfile(cfg.data.classes_file):
+        raise ConfigError(f"data.classes_file: not found: {cfg.data.classes_file}")
+    if cfg.data.split is not None and cfg.data.split not in (1, 2, 3):
+        raise ConfigError(f"data.split must be 1, 2 or 3, got {cfg.data.split}")
     if cfg.model.pretrained2d and not os.path.isfile(cfg.model.pretrained2d):
         raise ConfigError(f"model.pretrained2d: not found: {cfg.model.pretrained2d}")
+
+
+def _is_class_folders(path: str) -> bool:
+    from snvideo.data.layouts import detect_directory_format
+
+    try:
+        return os.path.isdir(path) and detect_directory_format(path) == "folders"
+    except ValueError:
+        return False
 
 
 def train_dataset(cfg: Config):
@@ -48,10 +66,13 @@ def train_dataset(cfg: Config):
         transform = train_transform(d.short_side, d.crop_size, **aug)
     except TypeError as e:
         raise ConfigError(f"data.train_aug: {e}") from None
-    return VideoDataset(d.train_ann, d.root, clip_len=d.clip_len, frame_interval=d.frame_interval,
-                        num_clips=1, test_mode=False, transform=transform,
-                        short_side=d.short_side, crop_size=d.crop_size, backend=d.backend,
-                        seed=cfg.train.seed)
+    try:
+        return VideoDataset(d.train_ann, d.root, clip_len=d.clip_len, frame_interval=d.frame_interval,
+                            num_clips=1, test_mode=False, transform=transform,
+                            short_side=d.short_side, crop_size=d.crop_size, backend=d.backend,
+                            seed=cfg.train.seed, classes_file=d.classes_file, split=d.split)
+    except ValueError as e:  # a malformed or ambiguous annotation: one line naming the file
+        raise ConfigError(str(e).splitlines()[0]) from None
 
 
 def eval_dataset(cfg: Config, ann_file: str, num_clips: int, num_crops: int, classes=None):
@@ -59,10 +80,13 @@ def eval_dataset(cfg: Config, ann_file: str, num_clips: int, num_crops: int, cla
     from snvideo.data import VideoDataset
 
     d = cfg.data
-    return VideoDataset(ann_file, d.root, clip_len=d.clip_len, frame_interval=d.frame_interval,
-                        num_clips=num_clips, test_mode=True, short_side=d.short_side,
-                        crop_size=d.crop_size, num_crops=num_crops, backend=d.backend,
-                        classes=classes)
+    try:
+        return VideoDataset(ann_file, d.root, clip_len=d.clip_len, frame_interval=d.frame_interval,
+                            num_clips=num_clips, test_mode=True, short_side=d.short_side,
+                            crop_size=d.crop_size, num_crops=num_crops, backend=d.backend,
+                            classes=classes, classes_file=d.classes_file, split=d.split)
+    except ValueError as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
 
 
 def param_groups(model: nn.Module, weight_decay: float, norm_weight_decay: float) -> list[dict]:
