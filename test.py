@@ -4,6 +4,8 @@
                    [--out results.json|results.csv] [--strict]
     torchrun --nproc_per_node=N test.py --checkpoint ... # videos split over N processes
     python test.py --checkpoint CKPT --video clip.mp4    # single video, top-5 classes
+    python test.py --checkpoint CKPT --video clip.mp4 --out-video top5.mp4   # ... drawn on it
+    python test.py --checkpoint CKPT --out results.json --confusion confusion.png
 
 --config is optional: without it the config saved in the checkpoint is used; dotted
 overrides apply on top of either (e.g. test.num_clips=4 test.num_crops=1 data.root=/data/k400).
@@ -30,6 +32,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--strict", action="store_true",
                         help="stop with exit status 1 at the first video that fails to decode")
     parser.add_argument("--video", help="classify this one video and print its top-5 classes")
+    parser.add_argument("--out-video", help="with --video: write it with the top-5 drawn on "
+                        "its frames (.mp4 or .gif)")
+    parser.add_argument("--confusion", help="draw the confusion matrix to this image (.png, "
+                        ".pdf, .svg; needs matplotlib)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. test.num_clips=4")
@@ -106,9 +112,18 @@ def run_video(args: argparse.Namespace, cfg: Config, model, names: list[str]) ->
         return fail(str(e), 1)  # "cannot read video PATH: reason"
     t = cfg.test
     print(f"{args.video} ({t.num_clips} clips x {t.num_crops} crops, {t.average} averaging):")
+    top_names, top_probs = [], []
     for rank, (index, prob) in enumerate(zip(*top_k(probs, 5)), start=1):
         name = names[index] if index < len(names) else str(index)
         print(f"  {rank}. {name:<30} {prob:.4f}")
+        top_names.append(name)
+        top_probs.append(prob)
+    if args.out_video:
+        from snvideo.analysis.overlay import overlay_lines, write_overlay_video
+
+        count = write_overlay_video(args.video, args.out_video, overlay_lines(top_names, top_probs),
+                                    backend=cfg.data.backend)
+        print(f"{count} frames with the top-5 written to {args.out_video}")
     return 0
 
 
@@ -138,6 +153,12 @@ def run_dataset(args: argparse.Namespace, cfg: Config, model, names: list[str]) 
             print(format_summary(results, args.out))
             if args.out:
                 print(f"results written to {args.out}")
+            if args.confusion:
+                from snvideo.analysis.confusion import plot_confusion
+
+                plot_confusion(results["confusion"], [c["class"] for c in results["per_class"]],
+                               args.confusion)
+                print(f"confusion matrix drawn to {args.confusion}")
         return 0
     finally:
         cleanup(env)
@@ -147,6 +168,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.out and os.path.splitext(args.out)[1].lower() not in (".json", ".csv"):
         return fail(f"--out must end in .json or .csv, got {args.out}")
+    if args.out_video and (not args.video or os.path.splitext(args.out_video)[1].lower()
+                           not in (".mp4", ".gif")):
+        return fail(f"--out-video needs --video and must end in .mp4 or .gif, got {args.out_video}")
+    if args.confusion:
+        if args.video or os.path.splitext(args.confusion)[1].lower() not in (".png", ".pdf", ".svg"):
+            return fail(f"--confusion is for a dataset run and must end in .png, .pdf or .svg, "
+                        f"got {args.confusion}")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return fail("--confusion needs matplotlib: pip install matplotlib")
     if not os.path.isfile(args.checkpoint):
         return fail(f"checkpoint not found: {args.checkpoint}")
     if args.video and int(os.environ.get("RANK", "0")) != 0:

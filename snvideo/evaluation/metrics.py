@@ -57,3 +57,26 @@ def accuracy_metrics(labels: Sequence[int], ranked: Sequence[Sequence[int]],
     return {"top1": 100.0 * sum(top1_hits) / len(labels),
             "top5": 100.0 * sum(topk_hits) / len(labels),
             "mean_class_acc": 100.0 * sum(recalls) / len(recalls)}
+
+
+def confusion_matrix(labels: Sequence[int], predictions: Sequence[int],
+                     num_classes: int) -> list[list[int]]:
+    """Counts: row = true class, column = predicted class (num_classes x num_classes)."""
+    matrix = [[0] * num_classes for _ in range(num_classes)]
+    for y, p in zip(labels, predictions, strict=True):
+        if not (0 <= y < num_classes and 0 <= p < num_classes):
+            raise ValueError(f"class index out of range 0..{num_classes - 1}: label {y}, prediction {p}")
+        matrix[y][p] += 1
+    return matrix
+
+
+def per_class_accuracy(confusion: Sequence[Sequence[int]],
+                       class_names: Sequence[str]) -> list[dict]:
+    """[{"class", "accuracy", "num"}] in class order: top-1 recall (percent) of each class over
+    its `num` evaluated videos; accuracy None for a class with no video."""
+    rows = []
+    for index, (name, row) in enumerate(zip(class_names, confusion, strict=True)):
+        num = sum(row)
+        rows.append({"class": name, "accuracy": 100.0 * row[index] / num if num else None,
+                     "num": num})
+    return rows

@@ -12,6 +12,9 @@ results = {
                    predicted, but not part of the accuracies
   "settings":      {"num_clips", "num_crops", "average", "views_per_forward"}
   "processes", "seconds":  how the run went (not part of the result proper)
+  "per_class":     [{"class", "accuracy", "num"}, ...] in class order: top-1 recall (percent,
+                   None for a class without videos) over the labelled evaluated videos
+  "confusion":     counts, row = true class, column = top-1 prediction, same class order
   "failed":  [{"video", "reason"}, ...]
   "videos":  [{"video", "label", "label_index", "pred", "pred_index", "correct",
                "top5": [[class_name, prob], ...]}, ...]   (annotation order)
@@ -27,7 +30,7 @@ import json
 import os
 from typing import Any, Sequence
 
-from .metrics import accuracy_metrics
+from .metrics import accuracy_metrics, confusion_matrix, per_class_accuracy
 
 SETTINGS_KEYS = ("num_clips", "num_crops", "average", "views_per_forward")
 
@@ -44,6 +47,8 @@ def build_results(evaluated: Sequence[tuple[str, int, list[int], list[float]]],
     labelled = [(label, classes) for _, label, classes, _ in evaluated if label >= 0]
     metrics = accuracy_metrics([label for label, _ in labelled],
                                [classes for _, classes in labelled], k)
+    size = len(class_names) or max([num_classes] + [max(y, c[0]) + 1 for y, c in labelled])
+    confusion = confusion_matrix([y for y, _ in labelled], [c[0] for _, c in labelled], size)
     videos = [{"video": video,
                "label": name(label) if label >= 0 else None,
                "label_index": label if label >= 0 else None,
@@ -56,6 +61,8 @@ def build_results(evaluated: Sequence[tuple[str, int, list[int], list[float]]],
             "num_failed": len(failed), "num_unlabelled": len(evaluated) - len(labelled),
             "settings": {key: settings.get(key) for key in SETTINGS_KEYS},
             "processes": settings.get("processes", 1), "seconds": settings.get("seconds"),
+            "per_class": per_class_accuracy(confusion, [name(i) for i in range(size)]),
+            "confusion": confusion,
             "failed": [{"video": video, "reason": reason} for video, reason in failed],
             "videos": videos}
 
