@@ -2,9 +2,11 @@
 
     python data_tools/check_videos.py ROOT_OR_LIST [--root DIR] [--out bad.txt] [--full]
                                       [--backend auto] [--fail-on-bad] [--workers N]
+                                      [--classes-file classInd.txt]
 
 ROOT_OR_LIST is a directory (scanned recursively), a list file with ``path label`` lines
-(paths relative to --root, default the list's directory) or a Kinetics CSV (needs --root).
+(paths relative to --root, default the list's directory), a Kinetics CSV (needs --root), or a
+UCF101 list / Something-Something v2 JSON with its --classes-file.
 Each video is opened and its first, middle and last frames are decoded (every frame with
 --full).  Bad videos are printed and, with --out, written as ``path<TAB>reason`` lines (paths
 as found under ROOT, or as written in the list).  Listed files that do not exist are bad
@@ -77,7 +79,8 @@ def check_one(task: Task) -> Result:
         return Result(task.name, False, one_line(e))
 
 
-def collect(target: Path, root: str | None, full: bool, backend: str) -> tuple[list[Task], int]:
+def collect(target: Path, root: str | None, full: bool, backend: str,
+            classes_file: str | None = None) -> tuple[list[Task], int]:
     """Tasks for ROOT_OR_LIST and the number of CSV rows without a video.
 
     Lists and CSVs are read with snvideo.data's annotation loader, as VideoDataset reads them.
@@ -89,13 +92,13 @@ def collect(target: Path, root: str | None, full: bool, backend: str) -> tuple[l
     from snvideo.data.annotations import detect_format, load_annotations
 
     try:
-        fmt = detect_format(target)
+        fmt = detect_format(target, classes_file)
         if fmt == "kinetics_csv" and root is None:
             raise UsageError("a Kinetics CSV needs --root (the video directory)")
         root_dir = Path(root) if root is not None else target.parent
         if not root_dir.is_dir():
             raise UsageError(f"--root {str(root_dir)!r} is not a directory")
-        ann = load_annotations(target, root_dir)
+        ann = load_annotations(target, root_dir, classes_file=classes_file)
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"cannot read {str(target)!r}: {e}") from None
     except ValueError as e:
@@ -127,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="video directory, 'path label' list file, or Kinetics CSV")
     p.add_argument("--root", help="directory the list/CSV paths are relative to "
                    "(list default: the list's directory; required for a CSV)")
+    p.add_argument("--classes-file", help="the dataset's class file, as data.classes_file "
+                   "(classInd.txt for UCF101 lists, labels.json for Something-Something v2)")
     p.add_argument("--out", help="write 'path<TAB>reason' lines of bad videos here")
     p.add_argument("--full", action="store_true",
                    help="decode every frame (default: first, middle and last)")
@@ -145,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     target = Path(args.target)
-    tasks, csv_missing = collect(target, args.root, args.full, args.backend)
+    tasks, csv_missing = collect(target, args.root, args.full, args.backend, args.classes_file)
     out = Path(args.out) if args.out else None
     if out is not None and out.is_dir():
         raise UsageError(f"--out {str(out)!r} is a directory")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,8 @@ def test_ucf101_labels_by_name_in_classind_order(ucf101, tmp_path):
     assert ckpt["classes"] == UCF_CLASSES  # classInd order, not re-sorted
     assert (tmp_path / "work" / "label_map.txt").read_text().split() == UCF_CLASSES
     assert labels_by_video(results) == ucf101["expected"]
+    assert [c["class"] for c in results["per_class"]] == UCF_CLASSES
+    assert [c["num"] for c in results["per_class"]] == [1, 1, 1]
     train = load_annotations(ucf101["lists"] / "trainlist01.txt", ucf101["root"],
                              classes_file=ucf101["lists"] / "classInd.txt")
     assert train.format == "ucf101" and not train.missing
@@ -258,6 +261,10 @@ def test_sthv2_errors(sthv2, tmp_path):
                                {"id": "2", "template": "Spinning [something]"}]))
     with pytest.raises(ValueError, match=r"bad.json: entry 2 \(id 2\): template 'Spinning something'"):
         load_annotations(bad, sthv2["root"], classes_file=labels / "labels.json")
+    kinetics_json = tmp_path / "kinetics_train.json"  # a dict keyed by video id: not read
+    kinetics_json.write_text(json.dumps({"abc": {"annotations": {"label": "x"}}}))
+    with pytest.raises(ValueError, match="Something-Something v2's, a list"):
+        load_annotations(kinetics_json, sthv2["root"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,3 +297,17 @@ def test_plain_lists_still_read_as_before(tmp_path):
     ann = tmp_path / "list.txt"
     ann.write_text("a/x.mp4 0\nb/y.mp4 1\n")  # folders one to one with labels, but 0-based
     assert [r.label for r in load_annotations(ann, root).records] == [0, 1]
+
+
+def test_check_videos_reads_a_ucf101_list_with_its_class_file(ucf101, capsys):
+    spec = importlib.util.spec_from_file_location("snvideo_check_videos", REPO / "data_tools" / "check_videos.py")
+    tool = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = tool  # its dataclasses look their module up
+    spec.loader.exec_module(tool)
+    lists = ucf101["lists"]
+    capsys.readouterr()
+    assert tool.main([str(lists / "testlist01.txt"), "--root", str(ucf101["root"]), "--workers", "0",
+                      "--classes-file", str(lists / "classInd.txt")]) == 0
+    assert "checked 3: good 3, bad 0" in capsys.readouterr().out
+    assert tool.main([str(lists / "trainlist01.txt"), "--root", str(ucf101["root"]), "--workers", "0"]) == 2
+    assert "data.classes_file" in capsys.readouterr().err

@@ -86,7 +86,7 @@ def _labels_json(path: str, text: str) -> list[str]:
 
 def detect_directory_format(ann_dir: str | os.PathLike) -> str:
     """"hmdb51" (split files) or "folders" (one subfolder of videos per class)."""
-    entries = os.listdir(ann_dir)
+    entries = [e for e in os.listdir(ann_dir) if not e.startswith(".")]
     split_files = [e for e in entries if HMDB_SPLIT_FILE.fullmatch(e)]
     class_dirs = [e for e in entries if os.path.isdir(os.path.join(ann_dir, e))]
     if split_files and class_dirs:
@@ -182,18 +182,18 @@ def load_hmdb51(split_dir: str | os.PathLike, root: str | os.PathLike, split: in
 # ----------------------------------------------------------------------------- Something-Something v2
 def load_sthv2(ann_file: str | os.PathLike, root: str | os.PathLike, class_file: ClassFile | None) -> Annotations:
     ann_file = os.fspath(ann_file)
-    if class_file is None or class_file.kind != "labels_json":
-        got = f" (got {class_file.path})" if class_file else ""
-        raise ValueError(f"{ann_file} is a Something-Something v2 list: set data.classes_file to its "
-                         f"labels.json{got}")
     with open(ann_file, encoding="utf-8-sig") as f:
         try:
             entries = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{ann_file}:{e.lineno}: invalid JSON: {e.msg}") from None
     if not isinstance(entries, list):
-        raise ValueError(f"{ann_file}: expected a list of {{\"id\", \"template\", ...}} entries "
-                         "(Something-Something v2)")
+        raise ValueError(f"{ann_file}: the only JSON annotation read is Something-Something v2's, a list "
+                         "of {\"id\", \"template\", ...} entries")
+    if class_file is None or class_file.kind != "labels_json":
+        got = f" (got {class_file.path})" if class_file else ""
+        raise ValueError(f"{ann_file} is a Something-Something v2 list: set data.classes_file to its "
+                         f"labels.json{got}")
     index = {name: i for i, name in enumerate(class_file.names)}
     records, missing = [], []
     for n, entry in enumerate(entries, start=1):
@@ -220,7 +220,8 @@ def load_sthv2(ann_file: str | os.PathLike, root: str | os.PathLike, class_file:
 def load_class_folders(ann_dir: str | os.PathLike, class_names: list[str] | None) -> Annotations:
     """Every video under `<ann_dir>/<class>/` (recursively); classes sorted unless given."""
     ann_dir = os.fspath(ann_dir)
-    folders = sorted(e for e in os.listdir(ann_dir) if os.path.isdir(os.path.join(ann_dir, e)))
+    folders = sorted(e for e in os.listdir(ann_dir)
+                     if not e.startswith(".") and os.path.isdir(os.path.join(ann_dir, e)))
     names = class_names if class_names is not None else folders
     index = {name: i for i, name in enumerate(names)}
     records = []
@@ -228,9 +229,9 @@ def load_class_folders(ann_dir: str | os.PathLike, class_names: list[str] | None
         if folder not in index:
             raise ValueError(f"{os.path.join(ann_dir, folder)}: class folder {folder!r} is not in the given classes")
         for current, dirs, files in os.walk(os.path.join(ann_dir, folder), followlinks=True):
-            dirs.sort()
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(files):
-                if os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS:
+                if not name.startswith(".") and os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS:
                     path = os.path.join(current, name)
                     records.append(VideoRecord(path=path, label=index[folder],
                                                video_id=os.path.relpath(path, ann_dir)))
