@@ -121,8 +121,11 @@ def run_video(args: argparse.Namespace, cfg: Config, model, names: list[str]) ->
     if args.out_video:
         from snvideo.analysis.overlay import overlay_lines, write_overlay_video
 
-        count = write_overlay_video(args.video, args.out_video, overlay_lines(top_names, top_probs),
-                                    backend=cfg.data.backend)
+        try:
+            count = write_overlay_video(args.video, args.out_video,
+                                        overlay_lines(top_names, top_probs), backend=cfg.data.backend)
+        except VideoReadError as e:
+            return fail(str(e), 1)
         print(f"{count} frames with the top-5 written to {args.out_video}")
     return 0
 

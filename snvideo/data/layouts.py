@@ -103,7 +103,7 @@ def detect_directory_format(ann_dir: str | os.PathLike) -> str:
 def is_sthv2_json(ann_file: str | os.PathLike) -> bool:
     with open(ann_file, encoding="utf-8-sig") as f:
         start = f.read(64).lstrip()
-    return os.fspath(ann_file).lower().endswith(".json") or start.startswith("[")
+    return os.fspath(ann_file).lower().endswith(".json") or re.match(r"\[\s*[{\]]", start) is not None
 
 
 # ----------------------------------------------------------------------------- UCF101
