@@ -287,10 +287,6 @@ def test_converted_model_computes_what_the_bn_model_computed(arch, kwargs, shape
         train_error = _relative(sn.train()(clip), bn.train()(clip))
     assert eval_error < 1e-2
     assert train_error < 2e-2  # measured: 6e-3 (i3d_r50 at 2x8x64x64), 6e-5 (r2plus1d_18)
-    # and it learns its own mix from there
-    sn(clip).square().mean().backward()
-    layer = next(m for m in sn.modules() if is_switch_norm(m))
-    assert layer.mean_weight.grad is not None and layer.mean_weight.grad.abs().sum() > 0
 
 
 def randomize_norms_affine(model):
@@ -311,6 +307,9 @@ def test_conversion_carries_every_bn_tensor_and_sync_layers():
             assert torch.equal(getattr(new, name), getattr(old, name)), name
         weights = new.importance()
         assert weights["mean"]["BN"] > 0.9999 and weights["var"]["BN"] > 0.9999
+    # and it learns its own mix from there: the importance logits get gradients
+    sn[0].train()(torch.randn(2, 4, 3, 5, 5) * 2 + 1).square().mean().backward()
+    assert sn[0].mean_weight.grad.abs().sum() > 0 and sn[0].var_weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="no running statistics"):
         convert_bn_to_sn(nn.BatchNorm3d(3, track_running_stats=False))
 
@@ -393,18 +392,20 @@ def test_train_converts_freezes_and_reports(tmp_path, tiny_videos, capsys):
     pretrained = _bn_checkpoint(tmp_path / "bn.pt")  # 5 classes, the data has 3
     cfg = write_config(tmp_path, tiny_videos,
                        model={"norm": "sn", "pretrained": str(tmp_path / "bn.pt"),
-                              "pretrained_bn_to_sn": True, "frozen_stages": 1},
+                              "pretrained_bn_to_sn": True, "pretrained_bn_logit": 6.0,
+                              "frozen_stages": 1},
                        train={"backbone_lr_mult": 0.5, "epochs": 2})
     assert train_script.main(["--config", cfg]) == 0
     out = capsys.readouterr().out
     assert "pretrained snvideo checkpoint" in out and "skipped: fc.weight, fc.bias" in out
-    assert "converted" in out and "frozen: stem, layer1" in out
+    assert "converted 12 BatchNorm layers" in out and "BN importance 0.99507" in out
+    assert "frozen: stem, layer1" in out
     ckpt = load_checkpoint(str(tmp_path / "work" / "latest.pt"))
     state = ckpt["model"]
     for key, value in pretrained.items():
         if key.startswith(("conv1.", "bn1.", "layer1.")):
             assert torch.equal(state[key], value), f"frozen {key} changed"
-    assert state["bn1.mean_weight"].tolist() == [0.0, 0.0, 10.0]
+    assert state["bn1.mean_weight"].tolist() == [0.0, 0.0, 6.0]  # frozen: as converted
     assert not torch.equal(state["layer2.0.conv1.weight"], pretrained["layer2.0.conv1.weight"])
     assert not torch.equal(state["layer2.0.bn1.running_mean"],
                            pretrained["layer2.0.bn1.running_mean"])
