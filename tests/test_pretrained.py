@@ -336,6 +336,18 @@ def test_freeze_backbone_stops_updates_and_keeps_statistics():
         freeze_backbone(model, frozen_stages=5)
 
 
+def test_frozen_layers_stay_frozen_through_sync_conversion():
+    from snvideo.norm import convert_sync_switchnorm
+
+    model = build_model("resnet3d_10", 5, norm="sn", widen_factor=0.25)
+    freeze_backbone(model, frozen_stages=0)
+    convert_sync_switchnorm(model)
+    assert type(model.bn1) is SyncSwitchNorm and not model.bn1.weight.requires_grad
+    assert model.layer1[0].bn1.weight.requires_grad
+    model.train()
+    assert not model.bn1.training and model.layer1[0].bn1.training
+
+
 def test_backbone_lr_mult_in_the_optimizer_groups():
     cfg = load_config(None, ["train.lr=0.1", "train.backbone_lr_mult=0.1"])
     model = build_model("resnet3d_10", 5, norm="sn", widen_factor=0.25)
