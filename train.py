@@ -113,6 +113,8 @@ def train(cfg: Config, args: argparse.Namespace, env: DistEnv) -> None:
         from snvideo.models import load_pretrained_2d
 
         load_pretrained_2d(model, cfg.model.pretrained2d)
+    model = builders.finetune_model(model, cfg.model, num_classes,
+                                    log=print if env.is_main else None)
     if t.sync_norm and env.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(convert_sync_switchnorm(model))
     model.to(env.device)

@@ -32,6 +32,13 @@ class ModelConfig:
     zero_init_last_norm: bool = False
     checkpoint_stages: bool = False       # activation checkpointing of every residual block
     pretrained2d: str | None = None       # local ImageNet 2D ResNet state dict to inflate
+    # fine-tuning: a 3D checkpoint (snvideo | torchvision | mmaction2 | pyslowfast, or auto)
+    pretrained: str | None = None
+    pretrained_format: str = "auto"
+    pretrained_bn_to_sn: bool = False     # load into a BN twin, then convert_bn_to_sn
+    pretrained_bn_logit: float = 10.0    # BN importance logit of the converted SN layers
+    frozen_stages: int = -1               # -1 none, 0 the stem, K the stem and layer1..K
+    freeze_norm_stats: bool = False       # every norm in eval mode during training
     arch_kwargs: dict = field(default_factory=dict)
 
 
@@ -68,6 +75,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     norm_weight_decay: float = 0.0        # for norm affine params and SN importance logits
+    backbone_lr_mult: float = 1.0         # lr of everything but the classifier (fc) = lr x this
     accumulate: int = 1                   # gradient accumulation steps per update
     clip_grad: float | None = 40.0        # max gradient norm; null disables
     amp: str = "off"                      # off | bf16 | fp16
@@ -105,6 +113,7 @@ class Config:
 
 
 CHOICES = {
+    "model.pretrained_format": ("auto", "snvideo", "torchvision", "mmaction2", "pyslowfast"),
     "train.schedule": ("cosine", "step"),
     "train.amp": ("off", "bf16", "fp16"),
     "test.average": ("prob", "score"),

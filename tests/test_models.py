@@ -23,7 +23,7 @@ def _blocks(model: nn.Module, stage: int) -> list[nn.Module]:
 
 
 def test_unknown_arch_is_a_value_error_listing_the_valid_archs():
-    with pytest.raises(ValueError, match="valid archs: r3d_18, resnet3d_10.*i3d_r101"):
+    with pytest.raises(ValueError, match="valid archs: r3d_18, mc3_18, r2plus1d_18, resnet3d_10.*i3d_r101"):
         build_model("i3d_r152", 10)
 
 

@@ -1,8 +1,10 @@
 """Turn a Config into the objects train.py and test.py use: model, datasets, optimizer, schedule."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+from typing import Callable
 
 import torch
 from torch import nn
@@ -46,6 +48,68 @@ def check_data_paths(cfg: Config, need_train: bool = True) -> None:
         raise ConfigError(f"data.split must be 1, 2 or 3, got {cfg.data.split}")
     if cfg.model.pretrained2d and not os.path.isfile(cfg.model.pretrained2d):
         raise ConfigError(f"model.pretrained2d: not found: {cfg.model.pretrained2d}")
+    if need_train:
+        check_finetune_config(cfg)
+
+
+def check_finetune_config(cfg: Config) -> None:
+    """Raise ConfigError for a fine-tuning setting that cannot work, before any work starts."""
+    m, t = cfg.model, cfg.train
+    if m.pretrained and not os.path.isfile(m.pretrained):
+        raise ConfigError(f"model.pretrained: not found: {m.pretrained}")
+    if not -1 <= m.frozen_stages <= 4:
+        raise ConfigError(f"model.frozen_stages must be -1 (none) to 4, got {m.frozen_stages}")
+    if t.backbone_lr_mult < 0:
+        raise ConfigError(f"train.backbone_lr_mult must be >= 0, got {t.backbone_lr_mult}")
+    if m.pretrained_bn_to_sn:
+        if not m.pretrained:
+            raise ConfigError("model.pretrained_bn_to_sn needs model.pretrained (a BN checkpoint)")
+        if m.norm not in ("sn", "syncsn"):
+            raise ConfigError(f"model.pretrained_bn_to_sn makes an SN model: model.norm must be "
+                              f"sn or syncsn, got {m.norm!r}")
+        if m.norm_kwargs:
+            raise ConfigError("model.norm_kwargs does not apply with model.pretrained_bn_to_sn "
+                              "(the SN layers take eps and momentum from the BN layers)")
+    if t.sn_batch_average and (m.freeze_norm_stats or m.frozen_stages >= 0):
+        raise ConfigError("train.sn_batch_average recomputes the norm statistics that "
+                          "model.freeze_norm_stats / model.frozen_stages keep fixed")
+
+
+def finetune_model(model: nn.Module, model_cfg: ModelConfig, num_classes: int,
+                   log: Callable[[str], None] | None = print) -> nn.Module:
+    """Apply model.pretrained (optionally through BN -> SN conversion), model.frozen_stages and
+    model.freeze_norm_stats to a model built by model_from_config; logs what it loaded, skipped
+    and froze. Returns the model (a new one when converting). PretrainedError -> ConfigError."""
+    from snvideo.models import PretrainedError, freeze_backbone, load_pretrained
+    from snvideo.norm import convert_bn_to_sn
+
+    m = model_cfg
+    log = log or (lambda text: None)
+    if m.pretrained:
+        if m.pretrained_bn_to_sn:  # a BN twin takes the BN checkpoint, then becomes SN
+            bn_kind = "syncbn" if m.norm == "syncsn" else "bn"
+            model = model_from_config(dataclasses.replace(m, norm=bn_kind), num_classes)
+        try:
+            result = load_pretrained(model, m.pretrained, m.pretrained_format)
+        except PretrainedError as e:
+            raise ConfigError(f"model.pretrained: {e}") from None
+        log(result.summary())
+        for name in ("skipped", "missing"):
+            keys = getattr(result, name)
+            if keys:
+                more = f" ... (+{len(keys) - 8} more)" if len(keys) > 8 else ""
+                log(f"  {name}: {', '.join(keys[:8])}{more}")
+        for mismatch in result.shape_mismatches:
+            log(f"  shape differs, not loaded: {mismatch}")
+        if m.pretrained_bn_to_sn:
+            before = sum(isinstance(x, nn.modules.batchnorm._BatchNorm) for x in model.modules())
+            model = convert_bn_to_sn(model, m.pretrained_bn_logit)
+            share = math.exp(m.pretrained_bn_logit) / (math.exp(m.pretrained_bn_logit) + 2)
+            log(f"converted {before} BatchNorm layers to SwitchNorm (BN importance "
+                f"{share:.5f} for means and variances)")
+    if m.frozen_stages >= 0 or m.freeze_norm_stats:
+        log(freeze_backbone(model, m.frozen_stages, m.freeze_norm_stats).summary())
+    return model
 
 
 def _is_class_folders(path: str) -> bool:
@@ -122,6 +186,18 @@ def lr_lambda(cfg: Config, iters_per_epoch: int):
 
 
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """SGD; with train.backbone_lr_mult != 1 the classifier (fc) groups come first with
+    train.lr and the rest get train.lr x backbone_lr_mult (groups named 'head' / 'backbone')."""
     t = cfg.train
-    return torch.optim.SGD(param_groups(model, t.weight_decay, t.norm_weight_decay), lr=t.lr,
-                           momentum=t.momentum, nesterov=False)
+    groups = param_groups(model, t.weight_decay, t.norm_weight_decay)
+    if t.backbone_lr_mult != 1.0:
+        head_ids = {id(p) for p in getattr(model, "fc", nn.Identity()).parameters()}
+        split = []
+        for name, is_head, lr in (("head", True, t.lr), ("backbone", False,
+                                                          t.lr * t.backbone_lr_mult)):
+            for group in groups:
+                params = [p for p in group["params"] if (id(p) in head_ids) == is_head]
+                if params:
+                    split.append({**group, "params": params, "lr": lr, "name": name})
+        groups = split
+    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=False)

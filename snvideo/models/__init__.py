@@ -1,7 +1,10 @@
-"""Video backbones with any normalization: r3d_18, Hara's 3D-ResNets, I3D-ResNets.
+"""Video backbones with any normalization: torchvision's r3d_18 / mc3_18 / r2plus1d_18, Hara's
+3D-ResNets, I3D-ResNets.
 
     model = build_model("i3d_r50", num_classes=400, norm="sn")
     load_pretrained_2d(model, "resnet50.pth")   # ImageNet 2D weights, inflated
+    load_pretrained(model, "i3d_r50_k400.pth")  # 3D: ours, torchvision, mmaction2, PySlowFast
+    freeze_backbone(model, frozen_stages=1)     # fine-tuning: stem + layer1 fixed
 
 Every model maps (N, 3, T, H, W) float clips to (N, num_classes) logits and has `fc` (the
 nn.Linear classifier), `dropout` (before fc) and `forward_features` (pooled features).
@@ -15,13 +18,15 @@ from torch import nn
 
 from .common import norm_factory
 from .i3d import I3D_SPECS, i3d_resnet
+from .freeze import FreezeResult, freeze_backbone
 from .inflate import InflateResult, inflate_2d, load_pretrained_2d
+from .pretrained import PretrainedError, PretrainedResult, detect_format, load_pretrained
 from .resnet import ResNet3d, ResNetSpec
-from .resnet3d import HARA_SPECS, VideoResNet, hara_resnet3d, r3d_18
+from .resnet3d import HARA_SPECS, VIDEO_SPECS, VideoResNet, hara_resnet3d, video_resnet
 
 # arch name -> constructor(num_classes, make_norm, dropout, **arch_kwargs)
 ARCHS: dict[str, Callable[..., nn.Module]] = {
-    "r3d_18": r3d_18,
+    **{name: partial(video_resnet, name) for name in VIDEO_SPECS},
     **{name: partial(hara_resnet3d, name) for name in HARA_SPECS},
     **{name: partial(i3d_resnet, name) for name in I3D_SPECS},
 }
@@ -42,5 +47,6 @@ def build_model(arch: str, num_classes: int, norm: str = "sn",
                        dropout=dropout, **arch_kwargs)
 
 
-__all__ = ["ARCHS", "InflateResult", "ResNet3d", "ResNetSpec", "VideoResNet", "build_model",
-           "inflate_2d", "load_pretrained_2d"]
+__all__ = ["ARCHS", "FreezeResult", "InflateResult", "PretrainedError", "PretrainedResult",
+           "ResNet3d", "ResNetSpec", "VideoResNet", "build_model", "detect_format",
+           "freeze_backbone", "inflate_2d", "load_pretrained", "load_pretrained_2d"]

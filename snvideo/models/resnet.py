@@ -14,6 +14,7 @@ from itertools import cycle, islice
 from torch import Tensor, nn
 
 from .common import NormFactory, init_weights, run_stage, zero_init_last_norms
+from .freeze import keep_frozen_norms_in_eval
 
 Triple = tuple[int, int, int]
 # Temporal kernel sizes of a block's (first, second) conv. A stage cycles through a pattern of
@@ -170,3 +171,7 @@ class ResNet3d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.dropout(self.forward_features(x)))
 
+    def train(self, mode: bool = True) -> "ResNet3d":
+        super().train(mode)
+        keep_frozen_norms_in_eval(self)  # fine-tuning: see freeze.py
+        return self

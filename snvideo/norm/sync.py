@@ -45,6 +45,8 @@ def convert_sync_switchnorm(module: nn.Module, process_group=None) -> nn.Module:
                               kernel=module.kernel, process_group=process_group)
         sync.momentum = module.momentum
         sync.load_state_dict(module.state_dict())
+        for new, old in zip(sync.parameters(), module.parameters()):
+            new.requires_grad_(old.requires_grad)  # frozen (fine-tuning) layers stay frozen
         sync.train(module.training)
         sync.to(device=module.weight.device, dtype=module.weight.dtype)
         return sync
