@@ -99,5 +99,6 @@ def lr_lambda(cfg: Config, iters_per_epoch: int):
 
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     t = cfg.train
+    # fused: the step can skip a non-finite update on the device (engine.nonfinite)
     return torch.optim.SGD(param_groups(model, t.weight_decay, t.norm_weight_decay), lr=t.lr,
-                           momentum=t.momentum, nesterov=False)
+                           momentum=t.momentum, nesterov=False, fused=True)
