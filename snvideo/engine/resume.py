@@ -78,18 +78,24 @@ def _warn(message: str) -> None:
 
 def find_checkpoint(work_dir: str, warn: Callable[[str], None] = _warn
                     ) -> tuple[str, dict] | None:
-    """(path, checkpoint) of the newest readable checkpoint in work_dir; None when there is
-    none; ConfigError when some exist and none can be read."""
+    """(path, checkpoint) of the newest readable checkpoint in work_dir, each unreadable newer
+    one named in one `warn` line; None when there is none; ConfigError (one line) when some
+    exist and none can be read."""
     candidates = resume_candidates(work_dir)
+    problems = []
     for path in candidates:
         try:
-            return path, read_training_checkpoint(path)
+            ckpt = read_training_checkpoint(path)
         except READ_ERRORS as err:
-            warn(f"warning: cannot read checkpoint {path} ({_first_line(err)}); "
-                 f"trying the next newest")
+            problems.append((path, _first_line(err)))
+            continue
+        for bad, reason in problems:
+            warn(f"warning: cannot read checkpoint {bad} ({reason}); "
+                 f"resuming from {os.path.basename(path)} instead")
+        return path, ckpt
     if candidates:
-        raise ConfigError(f"no readable checkpoint in {work_dir} (tried "
-                          f"{', '.join(os.path.basename(p) for p in candidates)}); "
+        tried = "; ".join(f"{os.path.basename(p)}: {reason}" for p, reason in problems)
+        raise ConfigError(f"no readable checkpoint in {work_dir} ({tried}); "
                           f"--no-resume starts over")
     return None
 

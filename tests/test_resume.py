@@ -1,0 +1,209 @@
+"""Long runs: mid-epoch checkpoints and exact resume, corrupt checkpoints, retention, SIGTERM,
+torchrun restarts of a killed worker, two nodes on localhost, resume across machines and amp
+modes. All on CPU (gloo where distributed), on the tiny generated dataset of test_train.py."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train as train_script
+from snvideo.data import ResumableSampler
+from snvideo.engine import checkpoint as checkpoint_module
+from snvideo.engine.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from snvideo.engine.logbook import Logbook
+from test_train import REPO, epoch_records, tiny_data, write_config  # noqa: F401 (fixture)
+
+# 12 training videos, 2 clips a batch: 6 updates an epoch, latest.pt after every 2nd
+RESUME_TRAIN = {"epochs": 2, "lr": 0.05, "checkpoint_every_iters": 2, "keep_checkpoints": 0}
+RESUME_DATA = {"batch_size": 2}
+
+
+def resume_config(tmp_path, data, **sections):
+    sections = {"train": dict(RESUME_TRAIN), "data": dict(RESUME_DATA), **sections}
+    return write_config(tmp_path, data, **sections)
+
+
+def records(work) -> list[dict]:
+    with open(os.path.join(work, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def weights(work, name="latest.pt") -> dict:
+    return load_checkpoint(os.path.join(work, name))["model"]
+
+
+def assert_same_weights(a: dict, b: dict, tol: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a
+                if a[k].is_floating_point())
+    assert worst <= tol, worst
+
+
+def assert_same_records(got: list[dict], want: list[dict]) -> None:
+    """The same records in the same order (no duplicates, none missing), values up to float
+    rounding; timings differ."""
+    assert [(r["kind"], r["step"]) for r in got] == [(r["kind"], r["step"]) for r in want]
+    for g, w in zip(got, want):
+        for key in ("loss", "lr", "train_loss", "val_top1", "nonfinite_skipped"):
+            if key in w:
+                assert g[key] == pytest.approx(w[key], rel=1e-6, abs=1e-9), (key, g, w)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_data):
+    """An uninterrupted run of the resume config: (weights, metrics records)."""
+    tmp = tmp_path_factory.mktemp("reference")
+    assert train_script.main(["--config", resume_config(tmp, tiny_data)]) == 0
+    return weights(tmp / "work"), records(tmp / "work")
+
+
+# --- sampler and per-sample randomness ---------------------------------------------------------
+def test_sampler_order_is_fixed_by_seed_and_epoch_and_can_start_mid_epoch():
+    shares = [ResumableSampler(10, num_replicas=3, rank=r, seed=4) for r in range(3)]
+    for s in shares:
+        s.set_epoch(2)
+    keys = [list(s) for s in shares]
+    indices = [i for share in keys for i, _ in share]
+    assert len(indices) == 9 and len(set(indices)) == 9  # a partition, tail dropped
+    assert all(epoch == 2 for share in keys for _, epoch in share)
+    again = ResumableSampler(10, num_replicas=3, rank=1, seed=4)
+    again.set_epoch(2, start=2)
+    assert len(again) == 1 and list(again) == keys[1][2:]
+    assert len(list(again)) == 3  # the next pass starts from the beginning again
+    again.set_epoch(3)
+    assert list(again) != keys[1]
+
+
+def test_training_items_depend_on_sample_and_epoch_only(tiny_data):
+    from snvideo.data import VideoDataset, train_transform
+
+    ds = VideoDataset(tiny_data / "annotations" / "train.csv", tiny_data / "videos", clip_len=4,
+                      transform=train_transform(32, 28), seed=3)
+    torch.manual_seed(0)
+    first = ds[(5, 1)][0]
+    torch.manual_seed(123)  # a worker's RNG state does not matter
+    assert torch.equal(ds[(5, 1)][0], first)
+    assert not torch.equal(ds[(5, 2)][0], first)  # another epoch: another clip / crop
+
+
+# --- exact resume -------------------------------------------------------------------------------
+class Crash(BaseException):
+    """Stands for SIGKILL: nothing of the process survives but its files."""
+
+
+def crash_at_record(monkeypatch, step):
+    log = Logbook.log
+
+    def crashing(self, kind, at, **values):
+        log(self, kind, at, **values)
+        if kind == "train" and at == step:
+            raise Crash
+
+    monkeypatch.setattr(Logbook, "log", crashing)
+
+
+def test_crash_mid_epoch_resumes_exactly(tmp_path, tiny_data, reference, monkeypatch, capsys):
+    """Killed after iteration 9 (latest.pt is from iteration 8, epoch 2): the rerun repeats
+    iteration 9 once, ends with the uninterrupted run's weights, and its metrics.jsonl has
+    each record once. It also runs with a DataLoader worker where the reference had none."""
+    cfg = resume_config(tmp_path, tiny_data)
+    crash_at_record(monkeypatch, 9)
+    with pytest.raises(Crash):
+        train_script.main(["--config", cfg])
+    monkeypatch.undo()
+    work = tmp_path / "work"
+    assert records(work)[-1]["step"] == 9  # written after latest.pt
+    assert load_checkpoint(str(work / "latest.pt"))["batches_done"] == 2
+    capsys.readouterr()
+    assert train_script.main(["--config", cfg, "data.num_workers=1"]) == 0
+    assert f"resuming from {work / 'latest.pt'} at epoch 1, batch 2" in capsys.readouterr().out
+    assert_same_weights(weights(work), reference[0])
+    assert_same_records(records(work), reference[1])
+
+
+def test_sigterm_finishes_the_update_writes_latest_and_exits_143(tmp_path, tiny_data, reference,
+                                                                 monkeypatch, capsys):
+    cfg = resume_config(tmp_path, tiny_data, train={**RESUME_TRAIN, "checkpoint_every_iters": 0})
+    log = Logbook.log
+
+    def signalling(self, kind, at, **values):
+        log(self, kind, at, **values)
+        if kind == "train" and at == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Logbook, "log", signalling)
+    assert train_script.main(["--config", cfg]) == 143
+    monkeypatch.undo()
+    assert "stopped by SIGTERM in epoch 1" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handler removed again
+    ckpt = load_checkpoint(str(tmp_path / "work" / "latest.pt"))
+    assert (ckpt["epoch"], ckpt["batches_done"]) == (0, 3)
+    assert train_script.main(["--config", cfg]) == 0
+    assert_same_weights(weights(tmp_path / "work"), reference[0])
+    assert_same_records(records(tmp_path / "work"), reference[1])
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, tiny_data, reference):
+    """A real SIGKILL at whatever point the run reached after its first mid-epoch latest.pt."""
+    cfg = resume_config(tmp_path, tiny_data, train={**RESUME_TRAIN, "checkpoint_every_iters": 1})
+    work = tmp_path / "work"
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), "--config", cfg],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (work / "latest.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (work / "latest.pt").exists()
+    done = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "--config", cfg],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "resuming from" in done.stdout
+    assert load_checkpoint(str(work / "latest.pt"))["epoch"] == 2
+    assert not [p for p in os.listdir(work) if ".tmp" in p]
+    assert_same_weights(weights(work), reference[0])
+    assert_same_records(records(work), reference[1])
+
+
+# --- corrupt checkpoints and retention ----------------------------------------------------------
+def test_retention_and_corrupt_checkpoint_fallback(tmp_path, tiny_data, capsys):
+    work = tmp_path / "work"
+    cfg = write_config(tmp_path, tiny_data, train={"epochs": 2, "keep_checkpoints": 1})
+    assert train_script.main(["--config", cfg]) == 0
+    assert sorted(p for p in os.listdir(work) if p.endswith(".pt")) == \
+        ["best.pt", "epoch_2.pt", "latest.pt"]
+    data = (work / "latest.pt").read_bytes()
+    (work / "latest.pt").write_bytes(data[: len(data) // 2])  # cut short
+    capsys.readouterr()
+    assert train_script.main(["--config", cfg, "train.epochs=3"]) == 0
+    out, err = capsys.readouterr()
+    warnings = [line for line in err.splitlines() if "latest.pt" in line]
+    assert len(warnings) == 1 and "cannot read checkpoint" in warnings[0]
+    assert f"resuming from {work / 'epoch_2.pt'} at epoch 2" in out
+    assert [r["epoch"] for r in epoch_records(work)] == [1, 2, 3]
+    assert sorted(p for p in os.listdir(work) if p.startswith("epoch_")) == ["epoch_3.pt"]
+
+    for name in ("latest.pt", "epoch_3.pt"):
+        (work / name).write_bytes(b"not a checkpoint")
+    assert train_script.main(["--config", cfg, "train.epochs=4"]) == 0  # best.pt only if nothing else
+    out, err = capsys.readouterr()
+    assert f"resuming from {work / 'best.pt'} at epoch " in out
+    assert len([line for line in err.splitlines() if "cannot read checkpoint" in line]) == 2
+    steps = [r["epoch"] for r in epoch_records(work)]
+    assert steps == sorted(set(steps)) and steps[-1] == 4  # records after best.pt rewritten
+
+    for path in work.glob("*.pt"):
+        path.write_bytes(b"garbage")
+    assert train_script.main(["--config", cfg, "train.epochs=5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: no readable checkpoint in {work}")
+    assert "latest.pt" in err[0] and "best.pt" in err[0] and "--no-resume" in err[0]
