@@ -26,9 +26,9 @@ RESUME_TRAIN = {"epochs": 2, "lr": 0.05, "checkpoint_every_iters": 2, "keep_chec
 RESUME_DATA = {"batch_size": 2}
 
 
-def resume_config(tmp_path, data, **sections):
+def resume_config(tmp_path, data_root, **sections):
     sections = {"train": dict(RESUME_TRAIN), "data": dict(RESUME_DATA), **sections}
-    return write_config(tmp_path, data, **sections)
+    return write_config(tmp_path, data_root, **sections)
 
 
 def records(work) -> list[dict]:
@@ -207,3 +207,135 @@ def test_retention_and_corrupt_checkpoint_fallback(tmp_path, tiny_data, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: no readable checkpoint in {work}")
     assert "latest.pt" in err[0] and "best.pt" in err[0] and "--no-resume" in err[0]
+
+
+# --- another machine, another amp mode ----------------------------------------------------------
+def test_cuda_rng_states_restore_what_fits(monkeypatch):
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: restored.append((int(s[0]), i)))
+    state = checkpoint_module.rng_state()
+    state["cuda"] = [torch.full((16,), k, dtype=torch.uint8) for k in range(8)]  # an 8-GPU node
+    set_rng_state(state, torch.device("cuda", 3))
+    assert restored == [(3, 3)]  # only this process's own GPU
+    set_rng_state(state, torch.device("cuda", 9))  # beyond what was saved: left alone
+    set_rng_state(state, torch.device("cpu"))
+    assert restored == [(3, 3)]
+
+
+def test_resume_across_amp_modes_and_from_a_machine_with_more_gpus(tmp_path, tiny_data, capsys):
+    work = tmp_path / "work"
+    cfg = write_config(tmp_path, tiny_data, train={"epochs": 1, "amp": "off"})
+    assert train_script.main(["--config", cfg]) == 0
+    ckpt = load_checkpoint(str(work / "latest.pt"))
+    eight_gpus = [torch.randint(0, 255, (16,), dtype=torch.uint8) for _ in range(8)]
+    ckpt["rng"]["cuda"] = eight_gpus
+    for state in ckpt["rng_per_rank"]:
+        state["cuda"] = eight_gpus
+    save_checkpoint(ckpt, str(work / "latest.pt"))
+    capsys.readouterr()
+    for epochs, amp in ((2, "fp16"), (3, "fp16"), (4, "bf16")):
+        # quoted: YAML reads a bare off as false
+        assert train_script.main(["--config", cfg, f"train.epochs={epochs}",
+                                  f"train.amp='{amp}'"]) == 0, amp
+        out = capsys.readouterr().out
+        assert f"at epoch {epochs - 1}" in out
+        fresh_scale = "starting with a fresh loss scale" in out
+        assert fresh_scale == (epochs == 2), out  # off -> fp16 only; fp16 -> fp16 keeps it
+        ckpt = load_checkpoint(str(work / "latest.pt"))
+        assert ckpt["amp"] == amp and bool(ckpt["scaler"]) == (amp == "fp16")
+
+
+# --- torchrun -----------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", *args]
+
+
+def worker_pid(agent_pid: int, rank: int) -> int | None:
+    """The pid of torchrun's worker process of `rank` (Linux /proc)."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{name}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:
+            continue
+        if ppid == agent_pid and f"RANK={rank}".encode() in environ:
+            return int(name)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the worker through /proc")
+@pytest.mark.parametrize("rendezvous", ["default", "standalone"])
+def test_torchrun_max_restarts_survives_a_sigkilled_worker(tmp_path, tiny_data, rendezvous):
+    """The restarted group connects (no stale addresses of the killed round), resumes from
+    the mid-epoch latest.pt and ends after the configured epochs, each logged once."""
+    cfg = resume_config(tmp_path, tiny_data, data={"batch_size": 2, "num_workers": 1},
+                        train={**RESUME_TRAIN, "checkpoint_every_iters": 1})
+    work = tmp_path / "work"
+    launch = ["--standalone"] if rendezvous == "standalone" else [f"--master-port={free_port()}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "log.txt", "w") as log:
+        proc = subprocess.Popen(torchrun(*launch, "--nproc_per_node=2", "--max-restarts=1",
+                                         os.path.join(REPO, "train.py"), "--config", cfg),
+                                cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + 240
+        while not (work / "latest.pt").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        victim = worker_pid(proc.pid, 1)
+        assert victim is not None and proc.poll() is None
+        os.kill(victim, signal.SIGKILL)
+        try:
+            proc.wait(timeout=240)
+        finally:
+            proc.kill()
+    output = (tmp_path / "log.txt").read_text()
+    assert proc.returncode == 0, output[-3000:]
+    assert "resuming from" in output and "connectFullMesh" not in output
+    assert load_checkpoint(str(work / "latest.pt"))["epoch"] == 2
+    assert [r["epoch"] for r in epoch_records(work)] == [1, 2]
+    steps = [r["step"] for r in records(work) if r["kind"] == "train"]
+    assert steps == sorted(set(steps))
+
+
+@pytest.mark.slow
+def test_two_nodes_on_localhost_equal_one_node_of_two(tmp_path, tiny_data):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    results = {}
+    for layout in ("one_node", "two_nodes"):
+        sub = tmp_path / layout
+        sub.mkdir()
+        cfg = write_config(sub, tiny_data, data={"batch_size": 2},
+                           train={"epochs": 1, "sync_norm": True})
+        script = [os.path.join(REPO, "train.py"), "--config", cfg]
+        if layout == "one_node":
+            procs = [subprocess.Popen(torchrun("--standalone", "--nproc_per_node=2", *script),
+                                      cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True)]
+        else:
+            endpoint = f"127.0.0.1:{free_port()}"
+            procs = [subprocess.Popen(torchrun("--nnodes=2", f"--node_rank={node}",
+                                               "--nproc_per_node=1", "--rdzv_backend=c10d",
+                                               f"--rdzv_endpoint={endpoint}", "--rdzv_id=two",
+                                               *script),
+                                      cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True) for node in (0, 1)]
+        for p in procs:
+            out, _ = p.communicate(timeout=300)
+            assert p.returncode == 0, out[-3000:]
+        ckpt = load_checkpoint(str(sub / "work" / "latest.pt"))
+        assert ckpt["epoch"] == 1 and ckpt["layout"][0] == 2
+        assert any(k.endswith("mean_weight") for k in ckpt["model"])
+        assert not any(k.startswith("module.") for k in ckpt["model"])
+        results[layout] = ckpt["model"]
+    assert_same_weights(results["two_nodes"], results["one_node"], tol=1e-6)
