@@ -274,6 +274,26 @@ def worker_pid(agent_pid: int, rank: int) -> int | None:
     return None
 
 
+def test_a_restarted_round_does_not_see_the_previous_rounds_keys(monkeypatch):
+    """The cause of the failed torchrun restarts: torchrun keeps one store for all rounds, and
+    a restarted worker read the killed round's peer addresses from it."""
+    from snvideo.engine.distributed import _round_store
+
+    port = free_port()
+    server = torch.distributed.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                       "TORCHELASTIC_USE_AGENT_STORE": "True"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    first = _round_store(rank=0, world_size=2)
+    first.set("default_pg/rank_1", "address of a worker that was killed")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    second = _round_store(rank=0, world_size=2)
+    assert not second.check(["default_pg/rank_1"])
+    assert first.check(["default_pg/rank_1"])
+    del first, second, server
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the worker through /proc")
 @pytest.mark.parametrize("rendezvous", ["default", "standalone"])
