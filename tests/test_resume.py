@@ -22,7 +22,8 @@ from snvideo.engine.logbook import Logbook
 from test_train import REPO, epoch_records, tiny_data, write_config  # noqa: F401 (fixture)
 
 # 12 training videos, 2 clips a batch: 6 updates an epoch, latest.pt after every 2nd
-RESUME_TRAIN = {"epochs": 2, "lr": 0.05, "checkpoint_every_iters": 2, "keep_checkpoints": 0}
+RESUME_TRAIN = {"epochs": 2, "lr": 0.05, "checkpoint_every_iters": 2, "keep_checkpoints": 0,
+                "val_interval": 2}
 RESUME_DATA = {"batch_size": 2}
 
 
@@ -225,7 +226,7 @@ def test_cuda_rng_states_restore_what_fits(monkeypatch):
 
 def test_resume_across_amp_modes_and_from_a_machine_with_more_gpus(tmp_path, tiny_data, capsys):
     work = tmp_path / "work"
-    cfg = write_config(tmp_path, tiny_data, train={"epochs": 1, "amp": "off"})
+    cfg = write_config(tmp_path, tiny_data, train={"epochs": 1, "amp": "off", "val_interval": 9})
     assert train_script.main(["--config", cfg]) == 0
     ckpt = load_checkpoint(str(work / "latest.pt"))
     eight_gpus = [torch.randint(0, 255, (16,), dtype=torch.uint8) for _ in range(8)]
@@ -234,16 +235,68 @@ def test_resume_across_amp_modes_and_from_a_machine_with_more_gpus(tmp_path, tin
         state["cuda"] = eight_gpus
     save_checkpoint(ckpt, str(work / "latest.pt"))
     capsys.readouterr()
-    for epochs, amp in ((2, "fp16"), (3, "fp16"), (4, "bf16")):
+    for epochs, amp in ((2, "fp16"), (3, "bf16")):
         # quoted: YAML reads a bare off as false
         assert train_script.main(["--config", cfg, f"train.epochs={epochs}",
                                   f"train.amp='{amp}'"]) == 0, amp
         out = capsys.readouterr().out
         assert f"at epoch {epochs - 1}" in out
         fresh_scale = "starting with a fresh loss scale" in out
-        assert fresh_scale == (epochs == 2), out  # off -> fp16 only; fp16 -> fp16 keeps it
+        assert fresh_scale == (amp == "fp16"), out  # off -> fp16: no scale saved
         ckpt = load_checkpoint(str(work / "latest.pt"))
         assert ckpt["amp"] == amp and bool(ckpt["scaler"]) == (amp == "fp16")
+
+
+def test_device_option_names_the_gpu(monkeypatch, tmp_path, tiny_data, capsys):
+    from snvideo.config import ConfigError
+    from snvideo.engine.distributed import pick_device
+
+    if not torch.cuda.is_available():
+        cfg = write_config(tmp_path, tiny_data)
+        assert train_script.main(["--config", cfg, "--device", "cuda:1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == "error: --device cuda:1: CUDA is not available on this machine"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("cuda:1") == torch.device("cuda", 1)
+    assert pick_device("cuda", local_rank=1) == torch.device("cuda", 1)
+    assert pick_device(None) == torch.device("cuda", 0)
+    assert pick_device("cpu", local_rank=1) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="GPU 2 does not exist"):
+        pick_device("cuda:1", local_rank=1)
+    with pytest.raises(ConfigError, match="not a device"):
+        pick_device("gpu0")
+
+
+def test_scaler_state_is_kept_for_fp16_and_dropped_across_modes():
+    from snvideo.engine.resume import load_scaler_state
+
+    saved = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    fp16 = torch.amp.GradScaler("cpu")
+    assert load_scaler_state(fp16, {"scaler": saved.state_dict(), "amp": "fp16"}, "fp16") is None
+    assert fp16.get_scale() == 1024.0
+    note = load_scaler_state(torch.amp.GradScaler("cpu"), {"scaler": {}, "amp": "bf16"}, "fp16")
+    assert "train.amp=bf16" in note and "fresh loss scale" in note
+    off = torch.amp.GradScaler("cpu", enabled=False)
+    assert load_scaler_state(off, {"scaler": saved.state_dict(), "amp": "fp16"}, "off") is None
+
+
+def test_fp16_overflow_skips_are_not_counted_as_nonfinite_losses():
+    from snvideo.engine.nonfinite import NonFiniteGuard, NonFiniteLossError
+
+    guard = NonFiniteGuard(torch.device("cpu"), fp16=True, max_nonfinite=2)
+    guard.add_loss(torch.tensor(1.5))
+    guard.add_update(torch.tensor(True), iteration=0)  # loss scale overflow: GradScaler's job
+    guard.add_loss(torch.tensor(float("nan")))
+    guard.add_update(torch.tensor(True), iteration=1)
+    guard.add_loss(torch.tensor(0.5))
+    guard.add_update(torch.tensor(False), iteration=2)
+    assert guard.flush(False, str) == (1, 2.0, 2)
+    for i in (3, 4):
+        guard.add_loss(torch.tensor(float("inf")))
+        guard.add_update(torch.tensor(True), iteration=i)
+    with pytest.raises(NonFiniteLossError, match="2 non-finite losses in a row, the last at 4"):
+        guard.flush(False, str)
 
 
 # --- torchrun -----------------------------------------------------------------------------------
