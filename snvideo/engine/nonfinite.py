@@ -6,7 +6,7 @@ non-finite total gradient norm, the norm gradient clipping needs anyway, and the
 step skips on the device (`found_inf`, the flag GradScaler hands to fused optimizers): every
 process skips the same update without a host sync. The skip flags stay on the device until
 `NonFiniteGuard.flush`, called once per log interval, turns them into counts on the host (one
-sync, one all-reduce) and raises NonFiniteLossError after `max_nonfinite` skips in a row,
+sync) and raises NonFiniteLossError after `max_nonfinite` skips in a row,
 naming the iteration that reached it.
 """
 from __future__ import annotations
@@ -82,13 +82,17 @@ class NonFiniteGuard:
         self._loss_bad = torch.zeros((), dtype=torch.bool, device=self.device)
 
     def flush(self, distributed: bool, describe) -> tuple[int, float, int]:
-        """(non-finite updates skipped, loss sum, finite losses) since the last flush; raises
-        NonFiniteLossError after max_nonfinite in a row. `describe(iteration)` names one."""
+        """(non-finite updates skipped, loss sum, finite losses) since the last flush, over all
+        processes; raises NonFiniteLossError after max_nonfinite skips in a row (every process
+        at once). `describe(iteration)` names an iteration."""
         flags = torch.stack(self._flags).to(torch.int32) if self._flags else \
             torch.zeros(0, dtype=torch.int32, device=self.device)
-        if distributed and len(self._flags):
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)  # a bad loss on any process counts
-        values = torch.cat([flags.double(), torch.stack([self.loss_sum, self.loss_count])]).tolist()
+        sums = torch.stack([self.loss_sum, self.loss_count])
+        if distributed:  # asynchronous on the GPU stream; .tolist() below is the one sync
+            if len(self._flags):
+                dist.all_reduce(flags, op=dist.ReduceOp.MAX)  # a bad loss on any process counts
+            dist.all_reduce(sums)
+        values = torch.cat([flags.double(), sums]).tolist()
         skipped = 0
         for flag, iteration in zip(values[:-2], self._iterations):
             if not flag:
