@@ -99,9 +99,9 @@ def epoch_checkpoints(work_dir: str) -> list[tuple[int, str]]:
         return []
     found = []
     for name in os.listdir(work_dir):
-        stem = name[len("epoch_"):-len(".pt")] if name.startswith("epoch_") and name.endswith(".pt") else ""
-        if stem.isdigit():
-            found.append((int(stem), os.path.join(work_dir, name)))
+        number = name.removeprefix("epoch_").removesuffix(".pt")
+        if name == f"epoch_{number}.pt" and number.isdigit():
+            found.append((int(number), os.path.join(work_dir, name)))
     return sorted(found, reverse=True)
 
 
