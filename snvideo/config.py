@@ -88,6 +88,8 @@ class TrainConfig:
     max_nonfinite: int = 5                # consecutive non-finite losses before aborting
     seed: int = 0
     log_interval: int = 20
+    checkpoint_every_iters: int = 0       # also write latest.pt every N updates (0: epoch ends only)
+    keep_checkpoints: int = 3             # newest epoch_K.pt files kept (0: all)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from .annotations import (
     read_class_names,
     write_label_map,
 )
-from .datasets import RawFrameDataset, VideoDataset
+from .datasets import RawFrameDataset, ResumableSampler, VideoDataset
 from .errors import VideoReadError
 from .rawframes import RawFrameReader
 from .sampling import test_clip_indices, train_clip_indices
@@ -37,6 +37,7 @@ __all__ = [
     "IMAGENET_STD",
     "RawFrameDataset",
     "RawFrameReader",
+    "ResumableSampler",
     "TestTransform",
     "TestViewsInfo",
     "TrainTransform",

@@ -7,6 +7,13 @@ Bad videos never stop training: a video that cannot be read is logged once (per 
 counted, and replaced by another random sample (up to max_retries times). The count lives in
 shared memory so DataLoader workers add to the number the trainer reads (dataset.num_failed).
 In test mode the VideoReadError propagates so the evaluator can list the video.
+
+Training randomness (clip position, crop, flip, substitutes for bad videos) is drawn from
+(seed, epoch, index) when the item is asked for by a key `(index, epoch)`, as
+ResumableSampler yields them: a sample then looks the same whichever DataLoader worker loads
+it and however far that worker got, so a resumed epoch repeats the interrupted one exactly and
+results do not depend on data.num_workers. A plain int index mixes in torch's RNG instead
+(seeded per DataLoader worker by torch).
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from torchvision import tv_tensors
 
 from .annotations import Annotations, load_annotations, load_rawframe_annotations, write_label_map
@@ -135,7 +142,8 @@ class _ClipDataset(Dataset):
     def write_label_map(self, path: str | os.PathLike) -> None:
         write_label_map(self.classes, path)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, epoch = key if isinstance(key, tuple) else (key, None)
         if self.test_mode:
             with self.open(index) as reader:
                 views, _ = load_test_views(
@@ -143,8 +151,10 @@ class _ClipDataset(Dataset):
                     self.short_side, self.crop_size, self.num_crops, self.transform,
                 )
             return views, int(self.labels[index])
-        # per-item randomness: torch's RNG (seeded per DataLoader worker) mixed with `seed`
-        rng = np.random.default_rng([self.seed, index, int(torch.randint(2**62, ()))])
+        if epoch is None:  # torch's RNG (seeded per DataLoader worker) mixed with `seed`
+            rng = np.random.default_rng([self.seed, index, int(torch.randint(2**62, ()))])
+        else:  # a function of the sample alone: see the module docstring
+            rng = np.random.default_rng([self.seed, epoch, index])
         attempt_index, last_error = index, None
         for _ in range(self.max_retries + 1):
             try:
@@ -272,3 +282,43 @@ class RawFrameDataset(_ClipDataset):
         return RawFrameReader(
             str(self._paths[index]), int(self._num_frames[index]), self.filename_tmpl, self.start_index
         )
+
+
+class ResumableSampler(Sampler):
+    """Training order: a shuffled share of the dataset per process, startable mid-epoch.
+
+    Yields keys `(index, epoch)` (see the module docstring). The order is a function of
+    (seed, epoch) alone, the same permutation DistributedSampler(shuffle=True, drop_last=True)
+    draws, split over `num_replicas` processes. `set_epoch(epoch, start)` makes the next pass
+    begin at position `start` of this process's share (a resumed run passes the samples it
+    already trained on); the pass after that starts from 0 again.
+    """
+
+    def __init__(self, size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0,
+                 shuffle: bool = True):
+        self.size, self.num_replicas, self.rank = size, num_replicas, rank
+        self.seed, self.shuffle = seed, shuffle
+        self.num_samples = size // num_replicas  # per process; the tail of the order is dropped
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        if not 0 <= start <= self.num_samples:
+            raise ValueError(f"start {start} outside this process's {self.num_samples} samples")
+        self.epoch, self.start = epoch, start
+
+    def indices(self) -> list[int]:
+        """This process's whole share of the epoch, in order."""
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = list(range(self.size))
+        return order[: self.num_samples * self.num_replicas][self.rank :: self.num_replicas]
+
+    def __iter__(self):
+        keys = [(index, self.epoch) for index in self.indices()[self.start :]]
+        self.start = 0
+        return iter(keys)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start

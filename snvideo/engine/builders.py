@@ -200,4 +200,5 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
                 if params:
                     split.append({**group, "params": params, "lr": lr, "name": name})
         groups = split
-    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=False)
+    # fused: the step can skip a non-finite update on the device (engine.nonfinite)
+    return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=False, fused=True)

@@ -6,8 +6,14 @@ A checkpoint is a dict of plain containers and tensors:
   epoch       number of finished epochs
   config      the resolved Config as a dict
   classes     class names, index = label
-  rng         RNG states (python, numpy as lists, torch CPU / CUDA)
+  rng         RNG states (python, numpy as lists, torch CPU / CUDA) of rank 0
   best_top1   best validation top-1 so far
+Training checkpoints also hold what snvideo.engine.resume needs to continue mid-epoch:
+  batches_done      micro-batches of epoch `epoch` already trained (0: at an epoch end)
+  epoch_totals      the unfinished epoch's loss sum / count, skips, failures, time so far
+  rng_per_rank      every process's RNG states, in rank order
+  amp               train.amp of the run that wrote it (the scaler state belongs to it)
+  metrics_bytes     size of metrics.jsonl when it was written
 """
 from __future__ import annotations
 
@@ -71,14 +77,42 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore `rng_state()`. Of the saved CUDA states only `device`'s is restored, and only
+    when the saved list reaches that far: a checkpoint from a machine with more GPUs (or none)
+    loads on this one."""
     python_state = state["python"]
     random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda_states = state.get("cuda") or []
+    if device is not None and device.type == "cuda" and torch.cuda.is_available():
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index < len(cuda_states):
+            torch.cuda.set_rng_state(cuda_states[index], index)
+
+
+def epoch_checkpoints(work_dir: str) -> list[tuple[int, str]]:
+    """(epoch, path) of every `epoch_K.pt` in work_dir, newest first."""
+    if not os.path.isdir(work_dir):
+        return []
+    found = []
+    for name in os.listdir(work_dir):
+        number = name.removeprefix("epoch_").removesuffix(".pt")
+        if name == f"epoch_{number}.pt" and number.isdigit():
+            found.append((int(number), os.path.join(work_dir, name)))
+    return sorted(found, reverse=True)
+
+
+def prune_epoch_checkpoints(work_dir: str, keep: int) -> list[str]:
+    """Delete all but the newest `keep` epoch_K.pt files (keep=0: keep all); returns the deleted."""
+    if keep <= 0:
+        return []
+    old = [path for _, path in epoch_checkpoints(work_dir)[keep:]]
+    for path in old:
+        os.remove(path)
+    return old
 
 
 def all_finite(model: nn.Module) -> bool:

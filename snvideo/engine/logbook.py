@@ -32,6 +32,10 @@ class Logbook:
                 if isinstance(value, (int, float)):
                     self._tb.add_scalar(f"{kind}/{key}", value, step)
 
+    def size(self) -> int:
+        """Bytes in metrics.jsonl so far (a checkpoint records it; see engine.resume)."""
+        return os.path.getsize(self.path) if os.path.isfile(self.path) else 0
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
