@@ -192,6 +192,8 @@ def build_config(raw: dict, source: str = "<config>") -> Config:
             dotted = f"{key}.{name}"
             if name not in types_:
                 raise ConfigError(f"{source}: unknown key {dotted!r}")
+            if dotted in CHOICES and isinstance(item, bool):
+                item = "on" if item else "off"  # YAML 1.1 reads a bare off / on as a boolean
             item = _check_type(dotted, item, types_[name], source)
             if dotted in CHOICES and item not in CHOICES[dotted]:
                 raise ConfigError(f"{source}: {dotted} must be one of "

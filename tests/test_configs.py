@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from snvideo.config import load_config
+from snvideo.config import ConfigError, load_config
 from snvideo.engine.builders import model_from_config
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -31,3 +31,13 @@ def test_config_loads_and_builds(path):
     if os.path.basename(path) == "i3d_r50_sn_k400_32x2_1pergpu.yaml":
         assert cfg.model.norm_kwargs == {"using_bn": False}
         assert all(m.mean_weight.numel() == 2 for m in model.modules() if hasattr(m, "mean_weight"))
+
+
+def test_bare_off_is_the_amp_choice_not_a_boolean(tmp_path):
+    """YAML reads `amp: off` as false; for a key with named choices it means "off"."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text("train:\n  amp: off\n")
+    assert load_config(str(path)).train.amp == "off"
+    assert load_config(str(path), ["train.amp=off"]).train.amp == "off"
+    with pytest.raises(ConfigError, match="train.amp must be one of"):
+        load_config(str(path), ["train.amp=on"])
