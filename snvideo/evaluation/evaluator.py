@@ -30,7 +30,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from snvideo.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TestTransform, normalize_views
 from snvideo.engine.checkpoint import unwrap
 from snvideo.engine.distributed import DistEnv, all_gather_objects
 
@@ -54,8 +53,8 @@ class _Views:
     index: int
     views: Tensor  # uint8 (normalize with mean/std on the device) or already float
     label: int
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
+    mean: tuple[float, ...] | None = None  # None: ImageNet's, as the standard transform's
+    std: tuple[float, ...] | None = None
 
     def pin_memory(self) -> "_Views":  # called by DataLoader(pin_memory=True)
         self.views = self.views.pin_memory()
@@ -101,6 +100,8 @@ def _uint8_source(dataset: Any, index: int) -> tuple[Any, int] | None:
     """(dataset, index) to call `test_views(index, normalize=False)` on, through any Subsets,
     when the dataset uses the standard TestTransform; None otherwise (custom transforms)."""
     from torch.utils.data import Subset
+
+    from snvideo.data.transforms import TestTransform  # lazily: snvideo.data needs a decoder
 
     while isinstance(dataset, Subset):
         dataset, index = dataset.dataset, dataset.indices[index]
@@ -148,11 +149,12 @@ def autocast_context(device: torch.device | str, amp: str = "off"):
 def predict_views(model: nn.Module, views: Tensor, views_per_forward: int = 10,
                   average: str = "prob", device: torch.device | str | None = None, *,
                   amp: str = "off", channels_last: bool = False,
-                  mean: Sequence[float] = IMAGENET_MEAN,
-                  std: Sequence[float] = IMAGENET_STD) -> Tensor:
+                  mean: Sequence[float] | None = None,
+                  std: Sequence[float] | None = None) -> Tensor:
     """(V, C, T, H, W) views of one video -> (K,) class probabilities (float32, CPU).
 
-    uint8 views are normalized with mean/std on `device` (float views are used as given);
+    uint8 views are normalized with mean/std (default ImageNet's, as the standard test
+    transform) on `device`; float views are used as given;
     the model runs under autocast `amp` and, with channels_last, on channels_last_3d inputs.
     The caller puts the model in eval mode; this runs under inference_mode."""
     if views.dim() != 5:
@@ -166,12 +168,19 @@ def predict_views(model: nn.Module, views: Tensor, views_per_forward: int = 10,
         for chunk in torch.split(views, views_per_forward):
             chunk = chunk.to(device, non_blocking=True)
             if chunk.dtype == torch.uint8:
-                chunk = normalize_views(chunk, mean, std, memory_format)
+                chunk = _normalize(chunk, mean, std, memory_format)
             elif channels_last:
                 chunk = chunk.contiguous(memory_format=memory_format)
             with autocast_context(device, amp):
                 logits.append(model(chunk).float())
     return aggregate_views(torch.cat(logits).cpu(), average)  # one copy back per video
+
+
+def _normalize(views: Tensor, mean, std, memory_format: torch.memory_format) -> Tensor:
+    from snvideo.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_views
+
+    return normalize_views(views, IMAGENET_MEAN if mean is None else mean,
+                           IMAGENET_STD if std is None else std, memory_format)
 
 
 def evaluate(model: nn.Module, dataset: Any, test_cfg: Any, env: DistEnv | None = None,
