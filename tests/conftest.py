@@ -1,11 +1,20 @@
 """Shared pytest fixtures."""
 from __future__ import annotations
 
+import os
 import types
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# Without a GPU, Triton kernels run on CPU tensors in Triton's interpreter, which must be chosen
+# before triton is first imported (tests/test_norm_triton.py checks the SN kernels that way).
+if "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
 
 # ---------------------------------------------------------------------------------------------
 # snvideo.data tests: tiny videos whose frames say which frame they are.

@@ -8,7 +8,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from snvideo.norm import SwitchNorm3d, SyncSwitchNorm
+from snvideo.norm import SwitchNorm3d, SyncSwitchNorm, triton_sn
+
+# Triton on CPU tensors needs the interpreter (conftest sets it when there is no GPU).
+needs_triton = pytest.mark.skipif(not triton_sn.can_run(torch.empty(1)),
+                                  reason="triton kernels cannot run on CPU tensors here")
 
 CHANNELS = 4
 
@@ -24,13 +28,14 @@ def make_inputs():
     return x, grad_out, state
 
 
-def _worker(rank: int, world: int, init_file: str, splits: list[int], out_dir: str) -> None:
+def _worker(rank: int, world: int, init_file: str, splits: list[int], out_dir: str,
+            kernel: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     x, grad_out, state = make_inputs()
     start = sum(splits[:rank])
     rows = slice(start, start + splits[rank])
-    layer = SyncSwitchNorm(CHANNELS)
+    layer = SyncSwitchNorm(CHANNELS, kernel=kernel)
     layer.load_state_dict({**layer.state_dict(), **state})
     x_local = x[rows].clone().requires_grad_()
     for _ in range(2):  # two steps: running statistics accumulate over both
@@ -46,9 +51,12 @@ def _worker(rank: int, world: int, init_file: str, splits: list[int], out_dir: s
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("splits", [[3, 2], [1, 4]])
-def test_two_process_sync_equals_single_process(tmp_path, splits):
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), splits, str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("splits,kernel", [([3, 2], "eager"), ([1, 4], "eager"),
+                                           pytest.param([3, 2], "triton", marks=needs_triton)])
+def test_two_process_sync_equals_single_process(tmp_path, splits, kernel):
+    """Also with the Triton kernels (interpreted on CPU) around the all-reduces."""
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), splits, str(tmp_path), kernel), nprocs=2,
+             join=True)
 
     x, grad_out, state = make_inputs()
     single = SwitchNorm3d(CHANNELS)

@@ -3,22 +3,29 @@
 For x of shape (N, C, *S) every statistic SN uses is a function of the per-(n, c) moments over S
 (the IN moments): LN and BN moments are their averages over C and over N (law of total variance,
 so no E[x^2] - E[x]^2 cancellation between groups). The input-sized tensor therefore meets only
+four passes, with (N, C)-sized coefficients:
 
-    forward:  (mean_in, var_in) = moments of x over S;   y = x * scale + shift
-    backward: sums over S of dy * x and dy;               dx = dy * scale + x * A + B
+    forward:  moments:    (mean_in, var_in) over S
+              affine:     y  = (x - mean_in) * scale + shift
+    backward: grad_sums:  sums over S of dy * (x - mean_in) and of dy
+              grad_input: dx = dy * scale + (x - mean_in) * a + b
 
-with (N, C)-sized scale, shift, A and B. `SwitchNormFunction` does exactly that, with the chain
-rule through the (N, C)-sized mixing written out in `_small_backward` (autograd's per-node cost
-would dominate small feature maps). `switch_norm` picks it in eager mode; under torch.compile, or
-when no gradient is needed, the same forward runs as plain ops (`_statistics`), which the
-compiler can trace and fuse.
+Each pass computes in float32 (float64 for double input) and rounds once to x's dtype, so
+under autocast or with half-precision inputs SN rounds its output once, as BatchNorm does.
+The passes come in three sets: EAGER_PASSES (torch ops, tuned for CPU), PLAIN_PASSES (plain
+differentiable ops, for torch.compile and as the reference) and triton_sn.TRITON_PASSES (fused
+Triton kernels). `SwitchNormFunction` runs a pass set with the chain rule through the (N, C)-sized
+mixing written out in `_small_backward` (autograd's per-node cost would dominate small feature
+maps). With the Triton kernels and no process group the whole layer is one custom op,
+`snvideo::switch_norm`, which torch.compile and DDP see as one node.
 
 The BN-branch moments can be merged over a process group (SyncSwitchNorm): each process's
 samples count with their element count, so uneven per-process batches are exact.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from types import SimpleNamespace
+from typing import NamedTuple, Optional
 
 import torch
 import torch.distributed as dist
@@ -100,30 +107,29 @@ class _Stats(NamedTuple):
     dev_ln: Tensor              # mean_in - LN mean
     dev_bn: Tensor | None       # mean_in - BN mean; None unless BN uses batch moments
     bn_sample_weight: Tensor | float | None  # d(BN moments) / d(one sample's moments)
+    batch_mean: Tensor | None   # (C,) BN-branch batch moments, for the running statistics
+    batch_var: Tensor | None
     mean: Tensor                # mixed (N, C) statistics
     rstd: Tensor
-    scale: Tensor               # y = x * scale + shift
+    scale: Tensor               # y = (x - mean_in) * scale + shift
     shift: Tensor
 
 
-def _statistics(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tensor,
-                bias: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
-                training: bool, momentum: float, eps: float, group) -> _Stats:
-    """SN's forward on (N, C)-sized tensors; updates the running statistics in training.
+def _mix(mean_in: Tensor, var_in: Tensor, mean_weight: Tensor, var_weight: Tensor,
+         weight: Tensor, bias: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+         use_batch_stats: bool, eps: float, per_sample: int, group=None) -> _Stats:
+    """SN's forward on (N, C)-sized tensors, from the IN moments. The BN branch uses batch
+    moments when `use_batch_stats` (or without running statistics), else the running ones.
     Few, batched ops: on small feature maps their count, not their size, sets the cost."""
-    mean_in, var_in = instance_moments(x)
     dtype = mean_in.dtype
     mean_ln, var_ln, dev_ln = group_moments(mean_in, var_in, dim=1)
     means, variances = [mean_in, mean_ln], [var_in, var_ln]
-    dev_bn = bn_sample_weight = None
+    dev_bn = bn_sample_weight = batch_mean = batch_var = None
     if mean_weight.numel() == 3:
-        if training or running_mean is None:
-            mean_bn, var_bn, dev_bn, bn_sample_weight = batch_moments(
-                mean_in, var_in, x[0, 0].numel(), group)
-            if training and running_mean is not None:
-                with torch.no_grad():
-                    running_mean.lerp_(mean_bn.detach().view(-1).to(running_mean.dtype), momentum)
-                    running_var.lerp_(var_bn.detach().view(-1).to(running_var.dtype), momentum)
+        if use_batch_stats or running_mean is None:
+            mean_bn, var_bn, dev_bn, bn_sample_weight = batch_moments(mean_in, var_in,
+                                                                      per_sample, group)
+            batch_mean, batch_var = mean_bn.view(-1), var_bn.view(-1)
         else:
             mean_bn = running_mean.to(dtype).view(1, -1)
             var_bn = running_var.to(dtype).view(1, -1)
@@ -136,9 +142,18 @@ def _statistics(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tens
     mean, var = torch.bmm(weights.unsqueeze(1), stats.view(2, k, n * c)).view(2, n, c)
     rstd = torch.rsqrt(var + eps)
     scale = weight.to(dtype) * rstd
-    shift = torch.addcmul(bias.to(dtype), mean, scale, value=-1)
-    return _Stats(mean_in, stats, weights, dev_ln, dev_bn, bn_sample_weight, mean, rstd, scale,
-                  shift)
+    shift = torch.addcmul(bias.to(dtype), mean_in - mean, scale)
+    return _Stats(mean_in, stats, weights, dev_ln, dev_bn, bn_sample_weight, batch_mean,
+                  batch_var, mean, rstd, scale, shift)
+
+
+def _update_running(running_mean: Tensor | None, running_var: Tensor | None, s: _Stats,
+                    momentum: float) -> None:
+    if running_mean is None or s.batch_mean is None:
+        return
+    with torch.no_grad():
+        running_mean.lerp_(s.batch_mean.detach().to(running_mean.dtype), momentum)
+        running_var.lerp_(s.batch_var.detach().to(running_var.dtype), momentum)
 
 
 def _expand(t: Tensor, ndim: int) -> Tensor:
@@ -146,80 +161,269 @@ def _expand(t: Tensor, ndim: int) -> Tensor:
     return t.reshape(t.shape + (1,) * (ndim - 2))
 
 
-def _affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
-    """x * scale + shift with (N, C) scale and shift, in x's dtype. (mul + add_ is faster on
-    CPU than a broadcasting addcmul.)"""
+def _is_half(x: Tensor) -> bool:
+    return x.dtype in (torch.float16, torch.bfloat16)
+
+
+# --- passes as plain differentiable ops (torch.compile traces and fuses them) -------------------
+def _plain_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    var, mean = torch.var_mean(x.to(_stat_dtype(x)), dim=reduce_dims(x), correction=0)
+    return mean, var
+
+
+def _plain_affine(x: Tensor, center: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     nd = x.dim()
-    return torch.mul(x, _expand(scale, nd).to(x.dtype)).add_(_expand(shift, nd).to(x.dtype))
+    y = (x.to(center.dtype) - _expand(center, nd)) * _expand(scale, nd) + _expand(shift, nd)
+    return y.to(x.dtype)
+
+
+PLAIN_PASSES = SimpleNamespace(moments=_plain_moments, affine=_plain_affine)
+
+
+# --- eager passes: chunked, in-place where it pays on CPU --------------------------------------
+def _chunkable(*tensors: Tensor) -> bool:
+    x = tensors[-1]
+    return (x.device.type == "cpu" and all(t.is_contiguous() and t.dtype == x.dtype
+                                           for t in tensors)
+            and x.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16))
+
+
+def _row_chunks(t: Tensor) -> tuple[Tensor, list[slice]]:
+    rows = t.view(t.shape[0] * t.shape[1], -1)
+    step = max(1, _CHUNK_ELEMENTS // max(1, rows.shape[1]))
+    return rows, [slice(i, i + step) for i in range(0, rows.shape[0], step)]
+
+
+def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-(n, c) mean and population variance over S, in float32 (float64 for double input)."""
+    if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.is_contiguous()
+            and not torch.compiler.is_compiling()):
+        # On CPU, torch.var_mean (Welford) runs several times slower than a sum and a norm.
+        rows = x.view(x.shape[0], x.shape[1], -1)
+        mean = rows.mean(2)
+        sq_mean = torch.linalg.vector_norm(rows, dim=2).square() / rows.shape[2]
+        var = torch.addcmul(sq_mean, mean, mean, value=-1).clamp(min=0)
+        # mean^2 > limit * var  <=>  E[x^2] > (1 + limit) * var
+        if not bool(torch.gt(sq_mean, var * (1 + _CANCELLATION_LIMIT)).any()):
+            return mean, var
+    if _chunkable(x) and _is_half(x):  # float32 Welford per chunk: no full-size float32 copy
+        rows, chunks = _row_chunks(x)
+        mean, var = rows.new_empty(rows.shape[0], dtype=torch.float32), \
+            rows.new_empty(rows.shape[0], dtype=torch.float32)
+        for part in chunks:
+            var[part], mean[part] = torch.var_mean(rows[part].float(), dim=1, correction=0)
+        return mean.view(x.shape[:2]), var.view(x.shape[:2])
+    return _plain_moments(x)
+
+
+def _eager_affine(x: Tensor, center: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """(x - center) * scale + shift. float32/64: x * scale + (shift - center * scale), mul + add_
+    (faster on CPU than a broadcasting addcmul); half: per chunk in float32, rounded once."""
+    if not _is_half(x):
+        nd = x.dim()
+        shift = torch.addcmul(shift, center, scale, value=-1)
+        return torch.mul(x, _expand(scale, nd).to(x.dtype)).add_(_expand(shift, nd).to(x.dtype))
+    if not _chunkable(x):
+        return _plain_affine(x, center, scale, shift)
+    y = torch.empty_like(x)
+    y_rows, chunks = _row_chunks(y)
+    x_rows = x.view_as(y_rows)
+    center, scale, shift = (t.reshape(-1, 1) for t in (center, scale, shift))
+    for part in chunks:
+        y_rows[part] = (x_rows[part].float() - center[part]).mul_(scale[part]).add_(shift[part])
+    return y
+
+
+def _eager_grad_sums(grad_y: Tensor, x: Tensor, center: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-(n, c) sums over S of grad_y * (x - center) and of grad_y, in float32 (float64 for
+    double)."""
+    n, c = x.shape[:2]
+    acc = _stat_dtype(x)
+    if not _chunkable(grad_y, x):
+        dims = reduce_dims(x)
+        centered = x.to(acc) - _expand(center, x.dim())
+        return (grad_y.to(acc) * centered).sum(dims), grad_y.sum(dims, dtype=acc)
+    g_rows, chunks = _row_chunks(grad_y)
+    x_rows = x.view_as(g_rows)
+    dot = g_rows.new_empty(g_rows.shape[0], dtype=acc)
+    total = torch.empty_like(dot)
+    if _is_half(x):
+        center_rows = center.reshape(-1, 1)
+        for part in chunks:
+            g = g_rows[part].float()
+            torch.sum(g, 1, out=total[part])
+            dot[part] = g.mul_(x_rows[part].float() - center_rows[part]).sum(1)
+        return dot.view(n, c), total.view(n, c)
+    buffer = torch.empty_like(g_rows[chunks[0]])
+    for part in chunks:
+        g = g_rows[part]
+        torch.sum(torch.mul(g, x_rows[part], out=buffer[: g.shape[0]]), 1, out=dot[part])
+        torch.sum(g, 1, out=total[part])
+    dot = dot.view(n, c)
+    total = total.view(n, c)
+    return dot.sub_(center * total), total  # sum dy * x - center * sum dy
+
+
+def _eager_grad_input(grad_y: Tensor, x: Tensor, center: Tensor, scale: Tensor, a: Tensor,
+                      b: Tensor) -> Tensor:
+    """grad_y * scale + (x - center) * a + b with (N, C) coefficients."""
+    if not _chunkable(grad_y, x):
+        nd = x.dim()
+        acc = center.dtype
+        dx = (grad_y.to(acc) * _expand(scale, nd) + (x.to(acc) - _expand(center, nd))
+              * _expand(a, nd) + _expand(b, nd))
+        return dx.to(x.dtype)
+    grad_x = torch.empty_like(x)
+    out_rows, chunks = _row_chunks(grad_x)
+    g_rows, x_rows = grad_y.view_as(out_rows), x.view_as(out_rows)
+    if _is_half(x):
+        center, a, b, scale = (t.reshape(-1, 1) for t in (center, a, b, scale))
+        for part in chunks:
+            dx = (x_rows[part].float() - center[part]).mul_(a[part]).add_(b[part])
+            out_rows[part] = dx.addcmul_(g_rows[part].float(), scale[part])
+        return grad_x
+    b = torch.addcmul(b, center, a, value=-1)  # x * a + (b - center * a)
+    a, b, scale = (t.reshape(-1, 1).to(x.dtype) for t in (a, b, scale))
+    for part in chunks:
+        out = out_rows[part]
+        torch.mul(x_rows[part], a[part], out=out).add_(b[part]).addcmul_(g_rows[part], scale[part])
+    return grad_x
+
+
+EAGER_PASSES = SimpleNamespace(moments=instance_moments, affine=_eager_affine,
+                               grad_sums=_eager_grad_sums, grad_input=_eager_grad_input)
+
+
+# --- composition ------------------------------------------------------------------------------
+def _forward(passes, x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tensor,
+             bias: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+             training: bool, momentum: float, eps: float, group) -> tuple[Tensor, _Stats]:
+    mean_in, var_in = passes.moments(x)
+    s = _mix(mean_in, var_in, mean_weight, var_weight, weight, bias, running_mean, running_var,
+             training, eps, x[0, 0].numel(), group)
+    if training:
+        _update_running(running_mean, running_var, s, momentum)
+    return passes.affine(x, mean_in, s.scale, s.shift), s
+
+
+def _backward(passes, grad_y: Tensor, x: Tensor, s: _Stats, group, needs_input_grad: bool
+              ) -> tuple[Tensor | None, ...]:
+    """Gradients of x and of mean_weight, var_weight, weight, bias (float32)."""
+    grad_dot, grad_sum = passes.grad_sums(grad_y, x, s.mean_in)
+    grad_mean_in, grad_var_in, *param_grads = _small_backward(s, grad_dot, grad_sum, group)
+    grad_x = None
+    if needs_input_grad:
+        count = x[0, 0].numel()
+        a = grad_var_in * (2.0 / count)       # d var_in / dx = 2 (x - mean_in) / M
+        grad_x = passes.grad_input(grad_y, x, s.mean_in, s.scale, a, grad_mean_in / count)
+    return (grad_x, *param_grads)
+
+
+def _no_autocast(x: Tensor):
+    """SN sets its own precision (float32 statistics, one rounding): autocast stays out."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
+KERNELS = ("auto", "triton", "eager")
+
+
+def resolve_kernel(kernel: str, x: Tensor) -> str:
+    """'triton' or 'eager' for this input. auto: Triton for CUDA tensors of a kernel dtype when
+    triton is installed, else eager. float64 always runs eager (the kernels accumulate in
+    float32)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+    if kernel == "eager" or x.dtype == torch.float64:
+        return "eager"
+    from . import triton_sn
+
+    if kernel == "auto":
+        return "triton" if x.device.type == "cuda" and triton_sn.can_run(x) else "eager"
+    if not triton_sn.can_run(x):
+        why = ("triton is not installed" if not triton_sn.triton_available() else
+               f"got a {x.device.type} {x.dtype} tensor: the kernels need CUDA (or "
+               "TRITON_INTERPRET=1 set before triton is imported) and float32/bfloat16/float16")
+        raise RuntimeError(f"SwitchNorm kernel='triton': {why}")
+    return "triton"
 
 
 def switch_norm(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tensor, bias: Tensor,
                 running_mean: Tensor | None, running_var: Tensor | None, training: bool,
-                momentum: float = 0.1, eps: float = 1e-5, process_group=None) -> Tensor:
+                momentum: float = 0.1, eps: float = 1e-5, process_group=None,
+                kernel: str = "auto") -> Tensor:
     """Switchable Normalization of x (N, C, *S), in the manner of F.batch_norm.
 
     mean_weight / var_weight hold 3 logits [IN, LN, BN] or 2 [IN, LN] (no BN branch). In
     training (or when running_mean is None) the BN branch uses batch moments — merged over
     `process_group` when given — and updates running_mean / running_var in place when they are
-    given; otherwise it uses them.
+    given; otherwise it uses them. kernel: "auto" | "triton" | "eager" (see resolve_kernel).
+    The output has x's dtype, computed in float32 and rounded once (autocast does not apply).
     """
     params = (mean_weight, var_weight, weight, bias)
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
-    if torch.compiler.is_compiling() or not needs_grad:
-        return switch_norm_reference(x, *params, running_mean, running_var, training, momentum,
-                                     eps, process_group)
-    return SwitchNormFunction.apply(x, *params, running_mean, running_var, training, momentum,
-                                    eps, process_group)
+    with _no_autocast(x):
+        path = resolve_kernel(kernel, x)
+        if path == "triton" and not _synced(process_group):
+            return _switch_norm_op(x, *params, running_mean, running_var, training, momentum,
+                                   eps)
+        if torch.compiler.is_compiling():
+            return switch_norm_reference(x, *params, running_mean, running_var, training,
+                                         momentum, eps, process_group)
+        if path == "triton":
+            from .triton_sn import TRITON_PASSES as passes
+        else:
+            passes = EAGER_PASSES
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad
+                                                  or any(p.requires_grad for p in params))
+        if not needs_grad:
+            with torch.no_grad():
+                return _forward(passes, x, *params, running_mean, running_var, training,
+                                momentum, eps, process_group)[0]
+        return SwitchNormFunction.apply(x, *params, running_mean, running_var, training,
+                                        momentum, eps, process_group, passes)
 
 
 class SwitchNormFunction(torch.autograd.Function):
-    """Eager SN with an analytic backward. Saves x (as BatchNorm does) and (N, C) tensors."""
+    """SN over a pass set with an analytic backward. Saves x (as BatchNorm does) and (N, C)
+    tensors."""
 
     @staticmethod
     def forward(ctx, x, mean_weight, var_weight, weight, bias, running_mean, running_var,
-                training, momentum, eps, group):  # type: ignore[override]
-        stats = _statistics(x, mean_weight, var_weight, weight, bias, running_mean, running_var,
-                            training, momentum, eps, group)
+                training, momentum, eps, group, passes):  # type: ignore[override]
+        y, stats = _forward(passes, x, mean_weight, var_weight, weight, bias, running_mean,
+                            running_var, training, momentum, eps, group)
         ctx.save_for_backward(x)
-        ctx.stats, ctx.group = stats, group
+        ctx.stats, ctx.group, ctx.passes = stats, group, passes
         ctx.param_dtypes = (mean_weight.dtype, var_weight.dtype, weight.dtype, bias.dtype)
-        return _affine(x, stats.scale, stats.shift)
+        return y
 
     @staticmethod
     def backward(ctx, grad_y):  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        s = ctx.stats
-        grad_scale, grad_shift = _grad_sums(grad_y, x)
-        grad_mean_in, grad_var_in, *param_grads = _small_backward(s, grad_scale, grad_shift,
-                                                                  ctx.group)
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            count = x[0, 0].numel()
-            a = grad_var_in * (2.0 / count)                             # d var_in/dx = 2(x - mean)/M
-            b = torch.addcmul(grad_mean_in / count, s.mean_in, a, value=-1)  # d mean_in/dx = 1/M
-            grad_x = _grad_input(grad_y, x, s.scale, a, b)
+        grad_x, *param_grads = _backward(ctx.passes, grad_y, x, ctx.stats, ctx.group,
+                                         ctx.needs_input_grad[0])
         param_grads = [g.to(dtype) for g, dtype in zip(param_grads, ctx.param_dtypes)]
-        return (grad_x, *param_grads, None, None, None, None, None, None)
+        return (grad_x, *param_grads, None, None, None, None, None, None, None)
 
 
 _SIGNS = {}  # (dtype, device) -> tensor [-1, -0.5]: d mean and d var factors
 
 
-def _small_backward(s: _Stats, grad_scale: Tensor, grad_shift: Tensor, group
+def _small_backward(s: _Stats, grad_dot: Tensor, grad_sum: Tensor, group
                     ) -> tuple[Tensor, ...]:
-    """Chain rule from d scale, d shift (N, C) to the IN moments and the parameters:
-    returns grad_mean_in, grad_var_in, grad_mean_weight, grad_var_weight, grad_weight,
-    grad_bias."""
-    grad_bias = grad_shift.sum(0)
-    grad_scale = torch.addcmul(grad_scale, s.mean, grad_shift, value=-1)  # shift = bias - mean*scale
+    """Chain rule from the sums over S of dy * (x - mean_in) and of dy, (N, C), to the IN
+    moments and the parameters: returns grad_mean_in, grad_var_in, grad_mean_weight,
+    grad_var_weight, grad_weight, grad_bias."""
+    grad_bias = grad_sum.sum(0)
+    # y = x * scale + bias - mean * scale: d scale = sum dy * (x - mean)
+    grad_scale = torch.addcmul(grad_dot, s.mean_in - s.mean, grad_sum)
     grad_weight = (grad_scale * s.rstd).sum(0)                            # scale = weight * rstd
     # d mean = -scale * d shift;  d var = -0.5 * d scale * weight * rstd^3
     key = (s.scale.dtype, s.scale.device)
     if key not in _SIGNS:
         _SIGNS[key] = torch.tensor([-1.0, -0.5], dtype=key[0], device=key[1]).view(2, 1, 1)
-    grad_mixed = torch.stack([s.scale * grad_shift, grad_scale * s.scale * s.rstd.square()])
+    grad_mixed = torch.stack([s.scale * grad_sum, grad_scale * s.scale * s.rstd.square()])
     grad_mixed = grad_mixed * _SIGNS[key]                                 # (2, N, C)
-    n, c = grad_shift.shape
+    n, c = grad_sum.shape
     k = s.weights.shape[1]
     grad_w = torch.bmm(s.stats.view(2, k, n * c), grad_mixed.view(2, n * c, 1)).view(2, k)
     grad_logits = s.weights * (grad_w - (s.weights * grad_w).sum(1, keepdim=True))
@@ -239,53 +443,95 @@ def _small_backward(s: _Stats, grad_scale: Tensor, grad_shift: Tensor, group
     return grad_in[0], grad_in[1], grad_logits[0], grad_logits[1], grad_weight, grad_bias
 
 
-def _chunkable(grad_y: Tensor, x: Tensor) -> bool:
-    return (x.device.type == "cpu" and x.is_contiguous() and grad_y.is_contiguous()
-            and grad_y.dtype == x.dtype and x.dtype in (torch.float32, torch.float64))
-
-
-def _row_chunks(t: Tensor) -> tuple[Tensor, list[slice]]:
-    rows = t.view(t.shape[0] * t.shape[1], -1)
-    step = max(1, _CHUNK_ELEMENTS // max(1, rows.shape[1]))
-    return rows, [slice(i, i + step) for i in range(0, rows.shape[0], step)]
-
-
-def _grad_sums(grad_y: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-(n, c) sums over S of grad_y * x and of grad_y, in float32 (float64 for double)."""
-    n, c = x.shape[:2]
-    if not _chunkable(grad_y, x):
-        acc, dims = _stat_dtype(x), reduce_dims(x)
-        return (grad_y * x).sum(dims, dtype=acc), grad_y.sum(dims, dtype=acc)
-    g_rows, chunks = _row_chunks(grad_y)
-    x_rows = x.view_as(g_rows)
-    dot, total = g_rows.new_empty(g_rows.shape[0]), g_rows.new_empty(g_rows.shape[0])
-    buffer = torch.empty_like(g_rows[chunks[0]])
-    for rows in chunks:
-        g = g_rows[rows]
-        torch.sum(torch.mul(g, x_rows[rows], out=buffer[: g.shape[0]]), 1, out=dot[rows])
-        torch.sum(g, 1, out=total[rows])
-    return dot.view(n, c), total.view(n, c)
-
-
-def _grad_input(grad_y: Tensor, x: Tensor, scale: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """grad_y * scale + x * a + b with (N, C) coefficients."""
-    if not _chunkable(grad_y, x):
-        return _affine(x, a, b).addcmul_(grad_y, _expand(scale, x.dim()).to(x.dtype))
-    grad_x = torch.empty_like(x)
-    out_rows, chunks = _row_chunks(grad_x)
-    g_rows, x_rows = grad_y.view_as(out_rows), x.view_as(out_rows)
-    a, b, scale = (t.reshape(-1, 1).to(x.dtype) for t in (a, b, scale))
-    for rows in chunks:
-        out = out_rows[rows]
-        torch.mul(x_rows[rows], a[rows], out=out).add_(b[rows]).addcmul_(g_rows[rows], scale[rows])
-    return grad_x
-
-
 def switch_norm_reference(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tensor,
                           bias: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                           training: bool, momentum: float = 0.1, eps: float = 1e-5,
                           process_group=None) -> Tensor:
     """`switch_norm` with autograd through plain tensor ops (no custom backward)."""
-    stats = _statistics(x, mean_weight, var_weight, weight, bias, running_mean, running_var,
-                        training, momentum, eps, process_group)
-    return _affine(x, stats.scale, stats.shift)
+    with _no_autocast(x):
+        return _forward(PLAIN_PASSES, x, mean_weight, var_weight, weight, bias, running_mean,
+                        running_var, training, momentum, eps, process_group)[0]
+
+
+# --- the Triton path as one custom op ---------------------------------------------------------
+@torch.library.custom_op("snvideo::switch_norm", mutates_args=())
+def _switch_norm_fwd_op(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tensor,
+                        bias: Tensor, running_mean: Optional[Tensor],
+                        running_var: Optional[Tensor], use_batch_stats: bool, eps: float
+                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """y, the IN moments (saved for backward) and the BN batch moments (for the running
+    statistics; empty without them)."""
+    from .triton_sn import TRITON_PASSES
+
+    y, s = _forward(TRITON_PASSES, x, mean_weight, var_weight, weight, bias, running_mean,
+                    running_var, use_batch_stats, 0.0, eps, None)
+    empty = x.new_empty(0, dtype=torch.float32)
+    batch_mean = s.batch_mean if s.batch_mean is not None else empty
+    batch_var = s.batch_var if s.batch_var is not None else empty
+    return y, s.mean_in.clone(), s.stats[1, 0].clone(), batch_mean.clone(), batch_var.clone()
+
+
+@_switch_norm_fwd_op.register_fake
+def _(x, mean_weight, var_weight, weight, bias, running_mean, running_var, use_batch_stats, eps):
+    n, c = x.shape[:2]
+    small = x.new_empty((n, c), dtype=torch.float32)
+    bn = mean_weight.shape[0] == 3 and (use_batch_stats or running_mean is None)
+    batch = x.new_empty((c,) if bn else (0,), dtype=torch.float32)
+    return torch.empty_like(x), small, torch.empty_like(small), batch, torch.empty_like(batch)
+
+
+@torch.library.custom_op("snvideo::switch_norm_backward", mutates_args=())
+def _switch_norm_bwd_op(grad_y: Tensor, x: Tensor, mean_in: Tensor, var_in: Tensor,
+                        mean_weight: Tensor, var_weight: Tensor, weight: Tensor, bias: Tensor,
+                        running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                        use_batch_stats: bool, eps: float
+                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    from .triton_sn import TRITON_PASSES
+
+    s = _mix(mean_in, var_in, mean_weight, var_weight, weight, bias, running_mean, running_var,
+             use_batch_stats, eps, x[0, 0].numel())
+    grad_x, *grads = _backward(TRITON_PASSES, grad_y, x, s, None, True)
+    params = (mean_weight, var_weight, weight, bias)
+    return (grad_x, *(g.to(p.dtype, copy=True) for g, p in zip(grads, params)))  # no aliases
+
+
+@_switch_norm_bwd_op.register_fake
+def _(grad_y, x, mean_in, var_in, mean_weight, var_weight, weight, bias, running_mean,
+      running_var, use_batch_stats, eps):
+    return (torch.empty_like(x), torch.empty_like(mean_weight), torch.empty_like(var_weight),
+            torch.empty_like(weight), torch.empty_like(bias))
+
+
+def _setup_context(ctx, inputs, output):
+    x, mean_weight, var_weight, weight, bias, running_mean, running_var, use_batch, eps = inputs
+    _, mean_in, var_in, _, _ = output
+    ctx.save_for_backward(x, mean_in, var_in, mean_weight, var_weight, weight, bias,
+                          running_mean, running_var)
+    ctx.use_batch, ctx.eps = use_batch, eps
+
+
+def _op_backward(ctx, grad_y, *unused):
+    x, mean_in, var_in, *params, running_mean, running_var = ctx.saved_tensors
+    grads = torch.ops.snvideo.switch_norm_backward(grad_y, x, mean_in, var_in, *params,
+                                                   running_mean, running_var, ctx.use_batch,
+                                                   ctx.eps)
+    return (*grads, None, None, None, None)
+
+
+_switch_norm_fwd_op.register_autograd(_op_backward, setup_context=_setup_context)
+
+
+def _switch_norm_op(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tensor,
+                    bias: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+                    training: bool, momentum: float, eps: float) -> Tensor:
+    """The Triton path through the custom op; running statistics are updated here, outside it
+    (the op itself is functional)."""
+    use_batch = training or running_mean is None
+    y, _, _, batch_mean, batch_var = torch.ops.snvideo.switch_norm(
+        x, mean_weight, var_weight, weight, bias, None if use_batch else running_mean,
+        None if use_batch else running_var, use_batch, eps)
+    if training and running_mean is not None and batch_mean.numel():
+        with torch.no_grad():
+            running_mean.lerp_(batch_mean.to(running_mean.dtype), momentum)
+            running_var.lerp_(batch_var.to(running_var.dtype), momentum)
+    return y

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .functional import switch_norm
+from .functional import KERNELS, switch_norm
 
 STAT_NAMES = ("IN", "LN", "BN")
 
@@ -24,13 +24,20 @@ class _SwitchNorm(nn.Module):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  using_moving_average: bool = True, using_bn: bool = True,
-                 track_running_stats: bool = True) -> None:
-        """momentum=None (or using_moving_average=False, the paper's "batch average") makes the
+                 track_running_stats: bool = True, kernel: str = "auto") -> None:
+        """kernel: "auto" (the Triton kernels for CUDA inputs when triton is installed, the eager
+        path otherwise), "triton" or "eager"; see snvideo.norm.functional.resolve_kernel.
+        momentum=None (or using_moving_average=False, the paper's "batch average") makes the
         running statistics a cumulative average over the batches seen since the last reset,
         as `recompute_norm_stats` uses them. track_running_stats=False leaves them untouched
         in training (they still serve the BN branch in eval)."""
         super().__init__()
+        if kernel not in KERNELS:
+            raise ValueError(f"{type(self).__name__}: kernel must be one of {', '.join(KERNELS)}, "
+                             f"got {kernel!r}")
         self.num_features = num_features
+        self.kernel = kernel
+        self._batches_seen: int | None = None  # host copy of num_batches_tracked, see _momentum
         self.eps = eps
         self.momentum = momentum if using_moving_average else None
         self.using_moving_average = using_moving_average
@@ -56,10 +63,12 @@ class _SwitchNorm(nn.Module):
             self.running_mean.zero_()
             self.running_var.fill_(1)
             self.num_batches_tracked.zero_()
+            self._batches_seen = 0
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"using_bn={self.using_bn}, using_moving_average={self.using_moving_average}")
+                f"using_bn={self.using_bn}, using_moving_average={self.using_moving_average}, "
+                f"kernel={self.kernel!r}")
 
     def importance(self) -> dict[str, dict[str, float]]:
         """Softmax importance of each statistic, for means and for variances."""
@@ -77,6 +86,7 @@ class _SwitchNorm(nn.Module):
             value = state_dict.get(key)
             if value is not None and value.dim() > 1 and value.numel() == self.num_features:
                 state_dict[key] = value.reshape(self.num_features)
+        self._batches_seen = None
         key = prefix + "num_batches_tracked"
         if self.using_bn and key not in state_dict and prefix + "running_mean" in state_dict:
             state_dict[key] = torch.tensor(0, dtype=torch.long)
@@ -95,7 +105,10 @@ class _SwitchNorm(nn.Module):
         """Counts the batch; returns the factor of this batch in the running statistics."""
         self.num_batches_tracked.add_(1)
         if self.momentum is None:  # cumulative average since the last reset
-            return 1.0 / float(self.num_batches_tracked)
+            # counted on the host too: reading the buffer every batch would sync with the GPU
+            self._batches_seen = (int(self.num_batches_tracked) if self._batches_seen is None
+                                  else self._batches_seen + 1)
+            return 1.0 / self._batches_seen
         return self.momentum
 
     def _process_group(self):
@@ -113,7 +126,7 @@ class _SwitchNorm(nn.Module):
                         self.running_mean if use_running else None,
                         self.running_var if use_running else None,
                         training=self.training, momentum=momentum, eps=self.eps,
-                        process_group=self._process_group())
+                        process_group=self._process_group(), kernel=self.kernel)
         return y.squeeze(-1) if squeeze else y
 
 

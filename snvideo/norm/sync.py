@@ -42,7 +42,7 @@ def convert_sync_switchnorm(module: nn.Module, process_group=None) -> nn.Module:
                               using_moving_average=module.using_moving_average,
                               using_bn=module.using_bn,
                               track_running_stats=module.track_running_stats,
-                              process_group=process_group)
+                              kernel=module.kernel, process_group=process_group)
         sync.momentum = module.momentum
         sync.load_state_dict(module.state_dict())
         sync.train(module.training)

@@ -1,0 +1,171 @@
+"""SN on Triton kernels: the input-sized passes fused, the (N, C)-sized mixing in torch.
+
+The input-sized tensor is touched as often as BatchNorm touches it:
+  forward:  one read of x for the per-(n, c) moments; one read of x, one write of y
+  backward: one read of x and dy for the per-(n, c) sums; one read of x and dy, one write of dx
+in its own dtype (fp32, bf16 or fp16; contiguous or channels_last_3d, no copy), with float32
+arithmetic rounded once on the way out. `switch_norm_triton` is one `torch.library` custom op
+(`snvideo::switch_norm`, with a fake implementation and a registered backward), so
+torch.compile and DDP see one opaque op. SyncSwitchNorm composes the same passes around its
+all-reduces (functional.SwitchNormFunction with `passes=TRITON_PASSES`).
+
+triton is imported lazily (it ships with CUDA builds of torch). On CPU tensors the kernels run
+only under Triton's interpreter (TRITON_INTERPRET=1 set before triton is imported), which the
+test suite uses to check them without a GPU.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from types import SimpleNamespace
+
+import torch
+from torch import Tensor
+
+_REDUCE_TILE = 2048      # elements per program tile in the reductions
+_ELEMENTWISE_TILE = 4096  # ... and in the elementwise passes
+_TARGET_PROGRAMS = 1024   # enough programs to fill an H100/H200 (132 SMs) several times over
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def triton_available() -> bool:
+    """Whether the Triton path can run at all (the package imports)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def can_run(x: Tensor) -> bool:
+    """Whether the kernels accept x: a CUDA tensor (or any tensor under the interpreter) of a
+    kernel dtype, with triton installed."""
+    return (x.dtype in KERNEL_DTYPES and triton_available()
+            and (x.device.type == "cuda" or interpreter_enabled()))
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels():
+    from . import _triton_kernels
+
+    return _triton_kernels
+
+
+def _next_pow2(v: int) -> int:
+    return 1 << max(0, (int(v) - 1).bit_length())
+
+
+def _rows(x: Tensor) -> Tensor:
+    """x as an (N, C, M) view (a copy only for layouts that cannot be viewed so)."""
+    flat = x.flatten(2) if x.dim() > 2 else x.unsqueeze(-1)
+    if flat.stride(1) != 1 and flat.stride(2) != 1:
+        flat = x.contiguous().flatten(2)
+    return flat
+
+
+def _tiles(rows: Tensor, tile: int) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_M): long along M for contiguous rows, along C for channels-last."""
+    c, m = rows.shape[1], rows.shape[2]
+    if rows.stride(2) == 1 or c == 1:
+        block_m = min(tile, _next_pow2(m))
+        block_c = min(_next_pow2(c), max(1, tile // block_m))
+    else:
+        block_c = min(_next_pow2(c), 64)
+        block_m = min(_next_pow2(m), max(1, tile // block_c))
+    return block_c, block_m
+
+
+def _split(n: int, c_blocks: int, m: int, block_m: int) -> tuple[int, int]:
+    """How many programs share a row, and the (BLOCK_M-aligned) length each one sums."""
+    splits = max(1, min(-(-_TARGET_PROGRAMS // (n * c_blocks)), -(-m // block_m)))
+    chunk = -(-(-(-m // splits)) // block_m) * block_m
+    return -(-m // chunk), chunk
+
+
+def _launch_reduction(kernel, rows: Tensor, *inputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    n, c, m = rows.shape
+    block_c, block_m = _tiles(rows, _REDUCE_TILE)
+    c_blocks = -(-c // block_c)
+    splits, chunk = _split(n, c_blocks, m, block_m)
+    first = rows.new_empty((n, c), dtype=torch.float32)
+    s1 = rows.new_empty((splits, n, c), dtype=torch.float32)
+    s2 = torch.empty_like(s1)
+    kernel[(n, c_blocks, splits)](*inputs, first, s1, s2, n, c, m, chunk, *rows.stride(),
+                                  BLOCK_C=block_c, BLOCK_M=block_m)
+    return first, s1.sum(0), s2.sum(0)
+
+
+def moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-(n, c) mean and population variance over S, float32, one read of x."""
+    rows = _rows(x)
+    m = rows.shape[2]
+    shift, s1, s2 = _launch_reduction(_kernels()._moments_kernel, rows, rows)
+    d1 = s1 / m
+    return shift + d1, torch.addcmul(s2 / m, d1, d1, value=-1).clamp_(min=0)
+
+
+def _launch_elementwise(kernel, rows: Tensor, *args) -> None:
+    n, c, m = rows.shape
+    block_c, block_m = _tiles(rows, _ELEMENTWISE_TILE)
+    grid = (n * -(-c // block_c), -(-m // block_m))
+    kernel[grid](*args, c, m, *rows.stride(), BLOCK_C=block_c, BLOCK_M=block_m)
+
+
+def affine(x: Tensor, center: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """(x - center) * scale + shift with (N, C) float32 coefficients, in x's dtype and layout."""
+    rows = _rows(x)
+    y = torch.empty_like(rows)  # keeps the row strides: contiguous or channels-last
+    _launch_elementwise(_kernels()._affine_kernel, rows, rows, y, _f32(center), _f32(scale),
+                        _f32(shift))
+    return _restore(y, x)
+
+
+def grad_sums(grad_y: Tensor, x: Tensor, center: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-(n, c) sums over S of grad_y * (x - center) and of grad_y, float32: one read each."""
+    rows = _rows(x)
+    g_rows = _matching(grad_y, rows)
+    n, c, m = rows.shape
+    block_c, block_m = _tiles(rows, _REDUCE_TILE)
+    c_blocks = -(-c // block_c)
+    splits, chunk = _split(n, c_blocks, m, block_m)
+    dot = rows.new_empty((splits, n, c), dtype=torch.float32)
+    total = torch.empty_like(dot)
+    _kernels()._grad_sums_kernel[(n, c_blocks, splits)](
+        g_rows, rows, _f32(center), dot, total, n, c, m, chunk, *rows.stride(),
+        BLOCK_C=block_c, BLOCK_M=block_m)
+    return dot.sum(0), total.sum(0)
+
+
+def grad_input(grad_y: Tensor, x: Tensor, center: Tensor, scale: Tensor, a: Tensor,
+               b: Tensor) -> Tensor:
+    """grad_y * scale + (x - center) * a + b with (N, C) coefficients, in x's dtype."""
+    rows = _rows(x)
+    g_rows = _matching(grad_y, rows)
+    dx = torch.empty_like(rows)
+    _launch_elementwise(_kernels()._grad_input_kernel, rows, g_rows, rows, dx, _f32(center),
+                        _f32(scale), _f32(a), _f32(b))
+    return _restore(dx, x)
+
+
+def _f32(t: Tensor) -> Tensor:
+    return t.to(torch.float32).contiguous()
+
+
+def _matching(grad: Tensor, rows: Tensor) -> Tensor:
+    """grad as an (N, C, M) view with the strides of `rows` (copied into them if needed)."""
+    g = _rows(grad.to(rows.dtype))
+    if g.stride() != rows.stride():
+        g = torch.empty_like(rows).copy_(g)
+    return g
+
+
+def _restore(rows_out: Tensor, x: Tensor) -> Tensor:
+    """An (N, C, M) result back in x's shape (a view: empty_like kept the row strides)."""
+    if x.dim() == 2:
+        return rows_out.squeeze(-1)
+    return rows_out.unflatten(2, x.shape[2:])
+
+
+TRITON_PASSES = SimpleNamespace(moments=moments, affine=affine, grad_sums=grad_sums,
+                                grad_input=grad_input)

@@ -1,0 +1,181 @@
+"""The Triton SN kernels (`kernel="triton"`) against the float64 reference: train and eval, every
+gradient, running statistics, no BN branch, N=1, S of one element, channels_last_3d, bf16 and
+fp16, the custom op under torch.compile; and AMP rounding once on every path.
+
+Without a GPU the kernels run in Triton's interpreter on CPU tensors (conftest sets
+TRITON_INTERPRET=1 before triton is imported), which is slow: the shapes stay tiny."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from snvideo.norm import SwitchNorm1d, SwitchNorm3d, SyncSwitchNorm, build_norm
+from snvideo.norm import triton_sn
+from snvideo.norm.functional import resolve_kernel
+from test_norm import randomize, reference_sn
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+needs_triton = pytest.mark.skipif(
+    not triton_sn.can_run(torch.empty(1, device=DEVICE)),
+    reason="triton is not installed, or no GPU and TRITON_INTERPRET is not set")
+
+CASES = [
+    ((3, 5, 2, 3, 4), False),
+    ((3, 5, 2, 3, 4), True),      # channels_last_3d
+    ((1, 6, 2, 3, 3), False),     # one sample
+    ((3, 6, 1, 1, 1), False),     # S of one element
+    ((2, 70, 2, 2, 3), True),     # more channels than one channels-last tile
+]
+
+
+def _input(shape, channels_last, dtype=torch.float32, mean=1.5, std=3.0, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=gen) * std + mean).to(dtype).to(DEVICE)
+    return x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x
+
+
+def _layer(channels, using_bn, training, kernel="triton", cls=SwitchNorm3d, seed=0):
+    torch.manual_seed(seed)
+    return randomize(cls(channels, using_bn=using_bn, kernel=kernel)).to(DEVICE).train(training)
+
+
+def _reference_outputs(layer, x, grad_out, training):
+    """float64 output and gradients (x, then each parameter) through the paper's formulas."""
+    x64 = x.detach().double().requires_grad_()
+    params = [p.detach().double().requires_grad_() for p in
+              (layer.mean_weight, layer.var_weight, layer.weight, layer.bias)]
+    y = reference_sn(x64, *params, None if training else layer.running_mean,
+                     None if training else layer.running_var)
+    y.backward(grad_out.double())
+    return y.detach(), [x64.grad] + [p.grad for p in params]
+
+
+@needs_triton
+@pytest.mark.parametrize("shape,channels_last", CASES)
+@pytest.mark.parametrize("using_bn", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+def test_triton_matches_float64_reference(shape, channels_last, using_bn, training):
+    layer = _layer(shape[1], using_bn, training)
+    x = _input(shape, channels_last).requires_grad_()
+    grad_out = _input(shape, channels_last, mean=0.0, std=1.0, seed=1)
+    expected, expected_grads = _reference_outputs(layer, x, grad_out, training)
+    y = layer(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    if channels_last:
+        assert y.is_contiguous(memory_format=torch.channels_last_3d)
+    y.backward(grad_out)
+    torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4)
+    params = [layer.mean_weight, layer.var_weight, layer.weight, layer.bias]
+    for got, want in zip([x.grad] + [p.grad for p in params], expected_grads):
+        torch.testing.assert_close(got.double(), want, rtol=1e-3, atol=1e-4)
+
+
+@needs_triton
+def test_triton_switchnorm1d_on_n_c_input():
+    layer = _layer(5, True, True, cls=SwitchNorm1d)
+    x = _input((8, 5), False)
+    expected = reference_sn(x.unsqueeze(-1), layer.mean_weight, layer.var_weight, layer.weight,
+                            layer.bias).squeeze(-1)
+    torch.testing.assert_close(layer(x).double(), expected, rtol=1e-4, atol=1e-4)
+
+
+@needs_triton
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_triton_running_stats_equal_eager(momentum):
+    triton_layer = _layer(6, True, True)
+    eager_layer = _layer(6, True, True, kernel="eager")
+    for layer in (triton_layer, eager_layer):
+        layer.momentum = momentum
+        for seed in range(2):
+            layer(_input((3, 6, 2, 3, 3), False, seed=seed))
+    torch.testing.assert_close(triton_layer.running_mean, eager_layer.running_mean)
+    torch.testing.assert_close(triton_layer.running_var, eager_layer.running_var)
+    assert int(triton_layer.num_batches_tracked) == 2
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_triton_half_precision_rounds_once(dtype, channels_last):
+    """Half inputs: the output is the float64 result rounded once (within 2x the rounding floor),
+    and the gradients are close to float64's."""
+    layer = _layer(5, True, True)
+    x = _input((3, 5, 2, 3, 4), channels_last, dtype=dtype, mean=20.0, std=1.0).requires_grad_()
+    grad_out = _input((3, 5, 2, 3, 4), channels_last, dtype=dtype, mean=0.0, std=1.0, seed=1)
+    expected, expected_grads = _reference_outputs(layer, x, grad_out, True)
+    y = layer(x)
+    assert y.dtype == dtype
+    _assert_rounded_once(y, expected, dtype)
+    y.backward(grad_out)
+    assert x.grad.dtype == dtype
+    _assert_rounded_once(x.grad, expected_grads[0], dtype, factor=4.0)
+
+
+def _assert_rounded_once(got, exact, dtype, factor=2.0):
+    floor = (exact.to(dtype).double() - exact).abs()
+    err = (got.double() - exact).abs()
+    assert err.max() <= factor * floor.max() + 1e-12, (err.max(), floor.max())
+    assert err.mean() <= factor * floor.mean() + 1e-12, (err.mean(), floor.mean())
+
+
+@pytest.mark.parametrize("kernel", ["eager", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("mean,std", [(0.0, 1.0), (30.0, 1.0), (3.0, 0.1)])
+def test_autocast_output_rounds_once(kernel, mean, std):
+    """Under bf16 autocast SN's output error stays within 2x the bf16 rounding floor of the
+    exact result, with mean/std up to 30 (eager CPU and Triton paths, with and without grad)."""
+    layer = _layer(6, True, True, kernel=kernel)
+    conv = nn.Conv3d(6, 6, 1, bias=False).to(DEVICE)
+    nn.init.eye_(conv.weight.view(6, 6))
+    x = _input((4, 6, 2, 5, 5), False, mean=mean, std=std)
+    for requires_grad in (False, True):
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            h = conv(x.requires_grad_(requires_grad))   # the input SN sees: bf16, as in a model
+            y = layer(h)
+        assert h.dtype == torch.bfloat16 and y.dtype == torch.bfloat16
+        exact = reference_sn(h.detach().double(), layer.mean_weight, layer.var_weight,
+                             layer.weight, layer.bias)
+        _assert_rounded_once(y.detach(), exact, torch.bfloat16)
+
+
+@needs_triton
+def test_custom_op_under_compile_matches_eager():
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Conv3d(3, 6, 3, padding=1),
+                          randomize(SwitchNorm3d(6, kernel="triton")), nn.ReLU()).to(DEVICE)
+    x = _input((2, 3, 2, 4, 4), False)
+    eager_out = model(x)
+    eager_out.sum().backward()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    out = compiled(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, eager_out, rtol=1e-4, atol=1e-5)
+    for want, p in zip(eager_grads, model.parameters()):
+        torch.testing.assert_close(p.grad, want, rtol=1e-4, atol=1e-5)
+
+
+@needs_triton
+def test_custom_op_registration_passes_opcheck():
+    layer = _layer(4, True, True)
+    x = _input((2, 4, 1, 2, 3), False).requires_grad_()
+    args = (x, layer.mean_weight, layer.var_weight, layer.weight, layer.bias, None, None, True,
+            1e-5)
+    torch.library.opcheck(torch.ops.snvideo.switch_norm.default, args,
+                          test_utils=("test_schema", "test_faketensor",
+                                      "test_aot_dispatch_dynamic"))
+
+
+def test_kernel_choice():
+    cpu = torch.zeros(2, 3, 1, 1, 1)
+    assert resolve_kernel("eager", cpu) == "eager"
+    assert resolve_kernel("auto", cpu) == "eager"               # auto: Triton only on CUDA
+    assert resolve_kernel("auto", cpu.double()) == "eager"
+    assert build_norm("sn", 8, kernel="eager").kernel == "eager"
+    assert SyncSwitchNorm(8, kernel="triton").kernel == "triton"
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        SwitchNorm3d(4, kernel="cuda")
+    if not triton_sn.can_run(cpu):
+        with pytest.raises(RuntimeError, match="kernel='triton'"):
+            SwitchNorm3d(3, kernel="triton")(cpu)
