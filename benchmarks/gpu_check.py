@@ -451,32 +451,32 @@ def section_decode(section: Section, s: Settings, done: dict) -> None:
     d = cfg.data
     width, height, fps = 340, 256, 30  # Kinetics after the usual 340x256 resize
     frames_count = max(int(s.video_seconds * fps), d.clip_len * d.frame_interval + 1)
-    root = tempfile.mkdtemp(prefix="snvideo_gpu_check_")
-    rng = torch.Generator().manual_seed(0)
-    texture = torch.randint(0, 255, (height // 8 + 3, width // 8 + 3, 3), generator=rng,
-                            dtype=torch.uint8).repeat_interleave(8, 0).repeat_interleave(8, 1)
-    video = torch.empty((frames_count, height, width, 3), dtype=torch.uint8)
-    for t in range(frames_count):
-        dy, dx = (t // 3) % 16, t % 16
-        video[t] = texture[dy:dy + height, dx:dx + width]
-    write_video(os.path.join(root, "v.mp4"), video.numpy(), fps=fps)
-    with open(os.path.join(root, "list.txt"), "w") as f:
-        f.write("v.mp4 0\n")
-    dataset = VideoDataset(os.path.join(root, "list.txt"), root, clip_len=d.clip_len,
-                           frame_interval=d.frame_interval, short_side=d.short_side,
-                           crop_size=d.crop_size, backend=d.backend)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # what one DataLoader worker has
-    try:
-        dataset[0]  # opening / first-decode costs out of the timing
-        times = []
-        for _ in range(s.decode_items):
-            check_cap(section)
-            start = time.perf_counter()
-            dataset[0]
-            times.append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="snvideo_gpu_check_") as root:
+        rng = torch.Generator().manual_seed(0)
+        texture = torch.randint(0, 255, (height // 8 + 3, width // 8 + 3, 3), generator=rng,
+                                dtype=torch.uint8).repeat_interleave(8, 0).repeat_interleave(8, 1)
+        video = torch.empty((frames_count, height, width, 3), dtype=torch.uint8)
+        for t in range(frames_count):  # a texture drifting by up to 16 pixels
+            dy, dx = (t // 3) % 16, t % 16
+            video[t] = texture[dy:dy + height, dx:dx + width]
+        write_video(os.path.join(root, "v.mp4"), video.numpy(), fps=fps)
+        with open(os.path.join(root, "list.txt"), "w") as f:
+            f.write("v.mp4 0\n")
+        dataset = VideoDataset(os.path.join(root, "list.txt"), root, clip_len=d.clip_len,
+                               frame_interval=d.frame_interval, short_side=d.short_side,
+                               crop_size=d.crop_size, backend=d.backend)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # what one DataLoader worker has
+        try:
+            dataset[0]  # opening / first-decode costs out of the timing
+            times = []
+            for _ in range(s.decode_items):
+                check_cap(section)
+                start = time.perf_counter()
+                dataset[0]
+                times.append(time.perf_counter() - start)
+        finally:
+            torch.set_num_threads(threads)
     per_worker = 1.0 / statistics.median(times)
     section.data.update(clips_per_s_per_worker=per_worker, video=f"{width}x{height}, {fps} fps, "
                         f"{frames_count} frames", clip=f"{d.clip_len}x{d.frame_interval}",
