@@ -283,7 +283,8 @@ def train_step_run(device: torch.device, arch: str, norm: str, clips: int, frame
     """Build the model, run 1 + `steps` training steps (forward, cross-entropy, backward, SGD):
     median s/step and, on CUDA, the peak allocated memory of the timed steps (model, gradients
     and optimizer state included) and the part above them. On CPU, "saved_mb" is what
-    autograd keeps for backward in one step (activation memory without the recompute peak).
+    autograd keeps for backward in one step, parameters excluded (activation memory without
+    the recompute peak).
     Raises on out-of-memory; the caller records it."""
     if device.type == "cuda":  # what an earlier cell's out-of-memory left behind
         gc.collect()
@@ -333,11 +334,15 @@ def train_step_run(device: torch.device, arch: str, norm: str, clips: int, frame
 
 
 def saved_for_backward(model, x, amp: bool) -> int:
+    """Bytes autograd saves in one forward, distinct storages, the parameters themselves left
+    out (they are model state; autocast's half-precision copies of them are counted)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
 
     def pack(t):
         storage = t.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
