@@ -220,9 +220,13 @@ def run(shapes, device: torch.device, repeats: int, dtypes: list[str], formats: 
 
 
 def default_kernels(device: torch.device) -> list[str] | None:
+    """eager and triton on CUDA (triton when installed), eager on CPU; None without kernel=."""
     if not has_kernel_option():
         return None
-    return ["eager", "triton"] if device.type == "cuda" else ["eager"]
+    from snvideo.norm import triton_sn
+
+    return ["eager", "triton"] if device.type == "cuda" and triton_sn.triton_available() \
+        else ["eager"]
 
 
 def main(argv=None) -> int:
