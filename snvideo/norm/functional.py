@@ -458,63 +458,49 @@ def switch_norm_reference(x: Tensor, mean_weight: Tensor, var_weight: Tensor, we
 def _switch_norm_fwd_op(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tensor,
                         bias: Tensor, running_mean: Optional[Tensor],
                         running_var: Optional[Tensor], use_batch_stats: bool, eps: float
-                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """y, the IN moments (saved for backward) and the BN batch moments (for the running
-    statistics; empty without them)."""
-    from .triton_sn import TRITON_PASSES
+                        ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """y and the (N, C)-sized statistics the backward and the running statistics need
+    (triton_sn.forward)."""
+    from . import triton_sn
 
-    y, s = _forward(TRITON_PASSES, x, mean_weight, var_weight, weight, bias, running_mean,
-                    running_var, use_batch_stats, 0.0, eps, None)
-    empty = x.new_empty(0, dtype=torch.float32)
-    batch_mean = s.batch_mean if s.batch_mean is not None else empty
-    batch_var = s.batch_var if s.batch_var is not None else empty
-    return y, s.mean_in.clone(), s.stats[1, 0].clone(), batch_mean.clone(), batch_var.clone()
+    return triton_sn.forward(x, mean_weight, var_weight, weight, bias, running_mean, running_var,
+                             use_batch_stats, eps)
 
 
 @_switch_norm_fwd_op.register_fake
 def _(x, mean_weight, var_weight, weight, bias, running_mean, running_var, use_batch_stats, eps):
     n, c = x.shape[:2]
-    small = x.new_empty((n, c), dtype=torch.float32)
-    bn = mean_weight.shape[0] == 3 and (use_batch_stats or running_mean is None)
-    batch = x.new_empty((c,) if bn else (0,), dtype=torch.float32)
-    return torch.empty_like(x), small, torch.empty_like(small), batch, torch.empty_like(batch)
+    return (torch.empty_like(x), x.new_empty((6, n, c), dtype=torch.float32),
+            x.new_empty((2, n), dtype=torch.float32), x.new_empty((2, c), dtype=torch.float32))
 
 
 @torch.library.custom_op("snvideo::switch_norm_backward", mutates_args=())
-def _switch_norm_bwd_op(grad_y: Tensor, x: Tensor, mean_in: Tensor, var_in: Tensor,
+def _switch_norm_bwd_op(grad_y: Tensor, x: Tensor, nc: Tensor, ln: Tensor, bn: Tensor,
                         mean_weight: Tensor, var_weight: Tensor, weight: Tensor, bias: Tensor,
-                        running_mean: Optional[Tensor], running_var: Optional[Tensor],
-                        use_batch_stats: bool, eps: float
-                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    from .triton_sn import TRITON_PASSES
+                        use_batch_stats: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    from . import triton_sn
 
-    s = _mix(mean_in, var_in, mean_weight, var_weight, weight, bias, running_mean, running_var,
-             use_batch_stats, eps, x[0, 0].numel())
-    grad_x, *grads = _backward(TRITON_PASSES, grad_y, x, s, None, True)
+    grad_x, *grads = triton_sn.backward(grad_y, x, nc, ln, bn, mean_weight, var_weight,
+                                        use_batch_stats)
     params = (mean_weight, var_weight, weight, bias)
     return (grad_x, *(g.to(p.dtype, copy=True) for g, p in zip(grads, params)))  # no aliases
 
 
 @_switch_norm_bwd_op.register_fake
-def _(grad_y, x, mean_in, var_in, mean_weight, var_weight, weight, bias, running_mean,
-      running_var, use_batch_stats, eps):
+def _(grad_y, x, nc, ln, bn, mean_weight, var_weight, weight, bias, use_batch_stats):
     return (torch.empty_like(x), torch.empty_like(mean_weight), torch.empty_like(var_weight),
             torch.empty_like(weight), torch.empty_like(bias))
 
 
 def _setup_context(ctx, inputs, output):
-    x, mean_weight, var_weight, weight, bias, running_mean, running_var, use_batch, eps = inputs
-    _, mean_in, var_in, _, _ = output
-    ctx.save_for_backward(x, mean_in, var_in, mean_weight, var_weight, weight, bias,
-                          running_mean, running_var)
-    ctx.use_batch, ctx.eps = use_batch, eps
+    x, mean_weight, var_weight, weight, bias, running_mean, _, use_batch, _ = inputs
+    _, nc, ln, bn = output
+    ctx.save_for_backward(x, nc, ln, bn, mean_weight, var_weight, weight, bias)
+    ctx.use_batch = use_batch or running_mean is None
 
 
 def _op_backward(ctx, grad_y, *unused):
-    x, mean_in, var_in, *params, running_mean, running_var = ctx.saved_tensors
-    grads = torch.ops.snvideo.switch_norm_backward(grad_y, x, mean_in, var_in, *params,
-                                                   running_mean, running_var, ctx.use_batch,
-                                                   ctx.eps)
+    grads = torch.ops.snvideo.switch_norm_backward(grad_y, *ctx.saved_tensors, ctx.use_batch)
     return (*grads, None, None, None, None)
 
 
@@ -527,11 +513,11 @@ def _switch_norm_op(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: 
     """The Triton path through the custom op; running statistics are updated here, outside it
     (the op itself is functional)."""
     use_batch = training or running_mean is None
-    y, _, _, batch_mean, batch_var = torch.ops.snvideo.switch_norm(
+    y, _, _, bn = torch.ops.snvideo.switch_norm(
         x, mean_weight, var_weight, weight, bias, None if use_batch else running_mean,
         None if use_batch else running_var, use_batch, eps)
-    if training and running_mean is not None and batch_mean.numel():
+    if training and running_mean is not None and mean_weight.numel() == 3:
         with torch.no_grad():
-            running_mean.lerp_(batch_mean.to(running_mean.dtype), momentum)
-            running_var.lerp_(batch_var.to(running_var.dtype), momentum)
+            running_mean.lerp_(bn[0].to(running_mean.dtype), momentum)
+            running_var.lerp_(bn[1].to(running_var.dtype), momentum)
     return y

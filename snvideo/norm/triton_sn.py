@@ -25,6 +25,7 @@ from torch import Tensor
 
 _REDUCE_TILE = 2048      # elements per program tile in the reductions
 _ELEMENTWISE_TILE = 4096  # ... and in the elementwise passes
+_MIX_TILE = 2048          # (N, C) values per tile in the one-program mixing kernels
 _TARGET_PROGRAMS = 1024   # enough programs to fill an H100/H200 (132 SMs) several times over
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -83,7 +84,10 @@ def _split(n: int, c_blocks: int, m: int, block_m: int) -> tuple[int, int]:
     return -(-m // chunk), chunk
 
 
-def _launch_reduction(kernel, rows: Tensor, *inputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _partial_sums(kernel, rows: Tensor, *inputs: Tensor
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """Launch a reduction kernel over (N, C, M) rows: (N, C) row firsts (moments only) and two
+    (splits, N, C) float32 partial sums."""
     n, c, m = rows.shape
     block_c, block_m = _tiles(rows, _REDUCE_TILE)
     c_blocks = -(-c // block_c)
@@ -93,16 +97,16 @@ def _launch_reduction(kernel, rows: Tensor, *inputs: Tensor) -> tuple[Tensor, Te
     s2 = torch.empty_like(s1)
     kernel[(n, c_blocks, splits)](*inputs, first, s1, s2, n, c, m, chunk, *rows.stride(),
                                   BLOCK_C=block_c, BLOCK_M=block_m)
-    return first, s1.sum(0), s2.sum(0)
+    return first, s1, s2
 
 
 def moments(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-(n, c) mean and population variance over S, float32, one read of x."""
     rows = _rows(x)
     m = rows.shape[2]
-    shift, s1, s2 = _launch_reduction(_kernels()._moments_kernel, rows, rows)
-    d1 = s1 / m
-    return shift + d1, torch.addcmul(s2 / m, d1, d1, value=-1).clamp_(min=0)
+    shift, s1, s2 = _partial_sums(_kernels()._moments_kernel, rows, rows)
+    d1 = s1.sum(0) / m
+    return shift + d1, torch.addcmul(s2.sum(0) / m, d1, d1, value=-1).clamp_(min=0)
 
 
 def _launch_elementwise(kernel, rows: Tensor, *args) -> None:
@@ -121,10 +125,8 @@ def affine(x: Tensor, center: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     return _restore(y, x)
 
 
-def grad_sums(grad_y: Tensor, x: Tensor, center: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-(n, c) sums over S of grad_y * (x - center) and of grad_y, float32: one read each."""
-    rows = _rows(x)
-    g_rows = _matching(grad_y, rows)
+def _grad_partials(grad_y: Tensor, rows: Tensor, center: Tensor) -> tuple[Tensor, Tensor]:
+    """(splits, N, C) partial sums of grad_y * (x - center) and of grad_y."""
     n, c, m = rows.shape
     block_c, block_m = _tiles(rows, _REDUCE_TILE)
     c_blocks = -(-c // block_c)
@@ -132,8 +134,14 @@ def grad_sums(grad_y: Tensor, x: Tensor, center: Tensor) -> tuple[Tensor, Tensor
     dot = rows.new_empty((splits, n, c), dtype=torch.float32)
     total = torch.empty_like(dot)
     _kernels()._grad_sums_kernel[(n, c_blocks, splits)](
-        g_rows, rows, _f32(center), dot, total, n, c, m, chunk, *rows.stride(),
+        _matching(grad_y, rows), rows, _f32(center), dot, total, n, c, m, chunk, *rows.stride(),
         BLOCK_C=block_c, BLOCK_M=block_m)
+    return dot, total
+
+
+def grad_sums(grad_y: Tensor, x: Tensor, center: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-(n, c) sums over S of grad_y * (x - center) and of grad_y, float32: one read each."""
+    dot, total = _grad_partials(grad_y, _rows(x), center)
     return dot.sum(0), total.sum(0)
 
 
@@ -165,6 +173,56 @@ def _restore(rows_out: Tensor, x: Tensor) -> Tensor:
     if x.dim() == 2:
         return rows_out.squeeze(-1)
     return rows_out.unflatten(2, x.shape[2:])
+
+
+# --- the fused layer: four input-sized passes and two one-program (N, C) kernels --------------
+def _mix_tiles(n: int, c: int) -> tuple[int, int]:
+    block_n = _next_pow2(n)
+    return block_n, min(_next_pow2(c), max(1, _MIX_TILE // block_n))
+
+
+def forward(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tensor, bias: Tensor,
+            running_mean: Tensor | None, running_var: Tensor | None, use_batch_stats: bool,
+            eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """SN's forward in four launches: y and, for the backward, nc (6, N, C) = mean_in, var_in,
+    mixed mean, rstd, scale, shift; ln (2, N); bn (2, C) (see _mix_forward_kernel). The BN
+    branch uses batch moments when `use_batch_stats` or without running statistics."""
+    rows = _rows(x)
+    n, c, m = rows.shape
+    shift, s1, s2 = _partial_sums(_kernels()._moments_kernel, rows, rows)
+    nc = rows.new_empty((6, n, c), dtype=torch.float32)
+    ln = rows.new_empty((2, n), dtype=torch.float32)
+    bn = rows.new_zeros((2, c), dtype=torch.float32)
+    use_batch = use_batch_stats or running_mean is None
+    block_n, block_c = _mix_tiles(n, c)
+    _kernels()._mix_forward_kernel[(1,)](
+        shift, s1, s2, mean_weight, var_weight, weight, bias,
+        running_mean if running_mean is not None else bn,
+        running_var if running_var is not None else bn, nc, ln, bn, n, c, s1.shape[0], m, eps,
+        K=mean_weight.numel(), USE_BATCH=use_batch, BLOCK_N=block_n, BLOCK_C=block_c,
+        num_warps=8)
+    return affine(x, nc[0], nc[4], nc[5]), nc, ln, bn
+
+
+def backward(grad_y: Tensor, x: Tensor, nc: Tensor, ln: Tensor, bn: Tensor,
+             mean_weight: Tensor, var_weight: Tensor, use_batch_stats: bool
+             ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of x, mean_weight, var_weight, weight and bias (float32) in three launches."""
+    rows = _rows(x)
+    n, c, m = rows.shape
+    k = mean_weight.numel()
+    dot, total = _grad_partials(grad_y, rows, nc[0])
+    a, b = torch.empty_like(nc[:2])
+    grad_weight = rows.new_empty(c, dtype=torch.float32)
+    grad_bias = torch.empty_like(grad_weight)
+    grad_logits = rows.new_empty(2 * k, dtype=torch.float32)
+    block_n, block_c = _mix_tiles(n, c)
+    _kernels()._mix_backward_kernel[(1,)](
+        dot, total, nc, ln, bn, mean_weight, var_weight, a, b, grad_weight, grad_bias,
+        grad_logits, n, c, dot.shape[0], m, K=k, USE_BATCH=use_batch_stats,
+        BLOCK_N=block_n, BLOCK_C=block_c, num_warps=8)
+    grad_x = grad_input(grad_y, x, nc[0], nc[4], a, b)
+    return grad_x, grad_logits[:k], grad_logits[k:], grad_weight, grad_bias
 
 
 TRITON_PASSES = SimpleNamespace(moments=moments, affine=affine, grad_sums=grad_sums,
