@@ -10,7 +10,8 @@
 --config is optional: without it the config saved in the checkpoint is used; dotted
 overrides apply on top of either (e.g. test.num_clips=4 test.num_crops=1 data.root=/data/k400).
 The test list is data.test_ann (default data.val_ann). Class names come from the checkpoint,
-else from label_map.txt beside it.
+else from label_map.txt beside it. The model runs under the config's train.amp autocast and
+train.channels_last memory format (override with train.amp=off etc.).
 
 Exit status: 0 done; 1 a video failed with --strict, or --video could not be decoded;
 2 bad arguments, config, or a missing checkpoint / config / annotation / video file.
@@ -96,6 +97,19 @@ def load_model(cfg: Config, checkpoint: dict, names: list[str]):
     return model
 
 
+def place_model(model, cfg: Config, device) -> None:
+    """Move the model to `device` in the training's memory format; cuDNN autotuning on CUDA.
+    (The test runs under the training's autocast dtype too: train.amp, passed to evaluate.)"""
+    import torch
+
+    from snvideo.engine.distributed import enable_cudnn_benchmark
+
+    model.to(device)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last_3d)
+    enable_cudnn_benchmark(device)
+
+
 def run_video(args: argparse.Namespace, cfg: Config, model, names: list[str]) -> int:
     import torch
 
@@ -105,9 +119,10 @@ def run_video(args: argparse.Namespace, cfg: Config, model, names: list[str]) ->
     if not os.path.isfile(args.video):
         return fail(f"video not found: {args.video}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model.to(device)
+    place_model(model, cfg, device)
     try:
-        probs = predict_video(model, args.video, cfg.test, cfg.data, device)
+        probs = predict_video(model, args.video, cfg.test, cfg.data, device,
+                              amp=cfg.train.amp, channels_last=cfg.train.channels_last)
     except VideoReadError as e:
         return fail(str(e), 1)  # "cannot read video PATH: reason"
     t = cfg.test
@@ -144,9 +159,10 @@ def run_dataset(args: argparse.Namespace, cfg: Config, model, names: list[str]) 
                                    classes=names or None)
         except ValueError as e:  # unreadable annotation list, or labels the model does not know
             return fail(str(e).splitlines()[0])
-        model.to(env.device)
+        place_model(model, cfg, env.device)
         try:
-            results = evaluate(model, dataset, cfg.test, env, strict=args.strict)
+            results = evaluate(model, dataset, cfg.test, env, strict=args.strict,
+                               amp=cfg.train.amp, channels_last=cfg.train.channels_last)
         except EvaluationError as e:
             return fail(f"{e.video} failed to decode (--strict): {e.reason}", 1) \
                 if env.is_main else 1

@@ -30,7 +30,8 @@ from snvideo.engine.checkpoint import (all_finite, prune_epoch_checkpoints,
                                        remove_stale_temporaries, rng_state, save_checkpoint,
                                        set_rng_state, unwrap)
 from snvideo.engine.distributed import (DistEnv, all_gather_objects, all_reduce_sum, any_rank,
-                                        barrier, cleanup, init_distributed, set_cpu_threads)
+                                        barrier, cleanup, enable_cudnn_benchmark,
+                                        init_distributed, set_cpu_threads)
 from snvideo.engine.logbook import Logbook
 from snvideo.engine.nonfinite import (NonFiniteGuard, NonFiniteLossError, guarded_step,
                                       poison_if_nonfinite)
@@ -109,6 +110,7 @@ def train(cfg: Config, args: argparse.Namespace, env: DistEnv) -> int:
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key} must be >= 0, got {getattr(t, key)}")
     set_cpu_threads(env, cfg.data.num_workers)
+    enable_cudnn_benchmark(env.device)
     torch.manual_seed(t.seed + env.rank)
     train_set = builders.train_dataset(cfg)
     classes = list(train_set.classes)
@@ -352,7 +354,8 @@ def validate(model: nn.Module, val_set, cfg: Config, env: DistEnv) -> dict:
 
     val_cfg = TestConfig(num_clips=1, num_crops=1, views_per_forward=cfg.data.batch_size,
                          average="prob", num_workers=cfg.test.num_workers)
-    return evaluate(model, val_set, val_cfg, env=env, device=env.device, progress=False)
+    return evaluate(model, val_set, val_cfg, env=env, device=env.device, progress=False,
+                    amp=cfg.train.amp, channels_last=cfg.train.channels_last)
 
 
 def run_final_test(model: nn.Module, cfg: Config, classes: list[str], env: DistEnv) -> None:
@@ -362,7 +365,8 @@ def run_final_test(model: nn.Module, cfg: Config, classes: list[str], env: DistE
     ann = cfg.data.test_ann or cfg.data.val_ann
     test_set = builders.eval_dataset(cfg, ann, cfg.test.num_clips, cfg.test.num_crops,
                                      classes=classes)
-    results = evaluate(model, test_set, cfg.test, env=env, device=env.device)
+    results = evaluate(model, test_set, cfg.test, env=env, device=env.device,
+                       amp=cfg.train.amp, channels_last=cfg.train.channels_last)
     if env.is_main:
         print(format_summary(results))
         write_results(results, os.path.join(cfg.work_dir, "test_results.json"))

@@ -4,6 +4,7 @@ decodes every view separately, on the same videos and the same small model, in o
     python benchmarks/bench_test.py            # 12 videos of 10 s, 30 fps, 320x240, 10x3 views
     python benchmarks/bench_test.py --quick    # 4 videos of 4 s, pyav only
     python benchmarks/bench_test.py --workers 2 --crop-size 32 --short-side 40
+    python benchmarks/bench_test.py --device cuda --amp bf16 --channels-last
 
 ours   snvideo.evaluation.evaluate on a test-mode VideoDataset: one get_frames call per video
        with the union of all clips' frames, each frame resized once, crops cut from memory,
@@ -18,6 +19,8 @@ clip to last frame of the last clip (what a sequential decoder must pass over), 
 distinct frames inside the clips. decord does not report its decoding work, so its rows show
 throughput only. Rounds alternate ours / naive; medians are reported. "views only" times
 building the views without the model: the part of the work the two evaluators do differently.
+With --device cuda the model runs on the GPU (our evaluator ships uint8 views and normalizes
+them there; the naive one ships float views), optionally under --amp and --channels-last.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from snvideo.data import (VideoDataset, VideoReader, load_test_views, test_clip_
                           test_transform)
 from snvideo.data.synthetic import write_video  # noqa: E402
 from snvideo.data.transforms import crop, to_normalized_clip  # noqa: E402
+from snvideo.engine.distributed import enable_cudnn_benchmark  # noqa: E402
 from snvideo.evaluation import evaluate, predict_views  # noqa: E402
 from snvideo.models import build_model  # noqa: E402
 
@@ -92,14 +96,16 @@ def run_naive(model, dataset, args, backend: str) -> tuple[float, list[torch.Ten
     all_probs, decoded = [], []
     for index in range(len(dataset)):
         views, frames = naive_views(dataset.video_path(index), args, backend)
-        all_probs.append(predict_views(model, views, args.views_per_forward, "prob", "cpu"))
+        all_probs.append(predict_views(model, views, args.views_per_forward, "prob", args.device,
+                                       amp=args.amp, channels_last=args.channels_last))
         decoded.append(frames)
     return time.perf_counter() - start, all_probs, decoded
 
 
-def run_ours(model, dataset, test_cfg) -> tuple[float, dict]:
+def run_ours(model, dataset, test_cfg, args) -> tuple[float, dict]:
     start = time.perf_counter()
-    results = evaluate(model, dataset, test_cfg, progress=False)
+    results = evaluate(model, dataset, test_cfg, device=args.device, progress=False,
+                       amp=args.amp, channels_last=args.channels_last)
     return time.perf_counter() - start, results
 
 
@@ -133,7 +139,7 @@ def bench_backend(backend: str, model, ann: str, root: str, args) -> dict:
                           num_workers=args.workers)
     ours_times, naive_times, ours_views, naive_views_s = [], [], [], []
     for _ in range(args.rounds):
-        seconds, results = run_ours(model, dataset, test_cfg)
+        seconds, results = run_ours(model, dataset, test_cfg, args)
         ours_times.append(seconds)
         seconds, naive_probs, naive_decoded = run_naive(model, dataset, args, backend)
         naive_times.append(seconds)
@@ -143,8 +149,9 @@ def bench_backend(backend: str, model, ann: str, root: str, args) -> dict:
     ours_pred = [v["pred_index"] for v in results["videos"]]
     naive_pred = [int(p.argmax()) for p in naive_probs]
     ours_top = [v["top5"][0][1] for v in results["videos"]]
+    tolerance = 1e-4 if args.amp == "off" else 2e-2
     agree = ours_pred == naive_pred and np.allclose(ours_top, [float(p.max()) for p in naive_probs],
-                                                    atol=1e-4)
+                                                    atol=tolerance)
     work = decode_work(dataset, args, backend) if backend == "pyav" else None
     return {"backend": backend, "videos": len(dataset), "ours_s": statistics.median(ours_times),
             "naive_s": statistics.median(naive_times), "agree": agree, "work": work,
@@ -213,6 +220,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="DataLoader workers of our evaluator (test.num_workers; naive has none)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier timings)")
     p.add_argument("--backends", default="pyav,auto", help="comma-separated VideoReader backends")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the model runs (default: cuda when available)")
+    p.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"),
+                   help="autocast dtype of the model's forward, as train.amp")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels_last_3d model and inputs, as train.channels_last")
     p.add_argument("--video-dir", default=os.path.join(tempfile.gettempdir(), "snvideo_bench_test"))
     args = p.parse_args(argv)
     if args.quick:
@@ -225,9 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.videos} videos of {args.seconds:g} s at {args.fps} fps, {width}x{height} "
           f"(made/reused in {time.perf_counter() - start:.1f}s, {args.video_dir})", flush=True)
     torch.manual_seed(0)
-    model = build_model(args.arch, 5, norm="sn", dropout=0.0).eval()
-    with torch.inference_mode():  # warm-up: first-call allocations out of the timings
-        model(torch.randn(args.views_per_forward, 3, args.clip_len, args.crop_size, args.crop_size))
+    device = torch.device(args.device)
+    model = build_model(args.arch, 5, norm="sn", dropout=0.0).eval().to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last_3d)
+    enable_cudnn_benchmark(device)
+    warm = torch.randn(args.views_per_forward, 3, args.clip_len, args.crop_size, args.crop_size)
+    predict_views(model, warm, args.views_per_forward, "prob", device, amp=args.amp,
+                  channels_last=args.channels_last)  # first-call allocations out of the timings
 
     rows = []
     for backend in args.backends.split(","):
@@ -237,13 +255,14 @@ def main(argv: list[str] | None = None) -> int:
               f"predictions agree: {r['agree']}", flush=True)
 
     print()
+    gpu = f", model on {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     print(f"Machine: {cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
           f"({args.threads} thread(s)), Python {platform.python_version()}, "
-          f"load average {os.getloadavg()[0]:.1f}")
+          f"load average {os.getloadavg()[0]:.1f}{gpu}")
     print(f"Model: {args.arch} (SN), {args.num_clips} clips x {args.num_crops} crops, clip "
           f"{args.clip_len}x{args.frame_interval}, short side {args.short_side}, crop "
           f"{args.crop_size}, {args.views_per_forward} views per forward; our DataLoader workers "
-          f"{args.workers}")
+          f"{args.workers}; amp {args.amp}, channels_last {args.channels_last}")
     print()
     print(table(rows))
     ok = all(r["agree"] for r in rows)

@@ -216,6 +216,30 @@ def test_checkpoint_stages_gives_identical_outputs_grads_and_running_stats(norm)
     assert checkpointed.layer2[0].bn1.num_batches_tracked.item() == 2
 
 
+@pytest.mark.parametrize("norm", ["bn", "sn"])
+def test_compiled_checkpoint_stages_matches_eager_and_updates_stats_once(norm):
+    """torch.compile (aot_eager) + checkpoint_stages: dynamo rejects checkpoint's context_fn,
+    so the compiled path checkpoints without it; outputs, gradients and running statistics
+    still equal the eager model without checkpointing."""
+    torch.manual_seed(0)
+    plain = build_model("resnet3d_10", 5, norm=norm, dropout=0.0)
+    checkpointed = build_model("resnet3d_10", 5, norm=norm, dropout=0.0, checkpoint_stages=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    compiled = torch.compile(checkpointed, backend="aot_eager")
+    clip = torch.randn(*SMALL_CLIP)
+    for _ in range(2):
+        out_plain = plain(clip)
+        out_plain.square().sum().backward()
+        out_compiled = compiled(clip)
+        out_compiled.square().sum().backward()
+        torch.testing.assert_close(out_compiled, out_plain, rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-4, msg=name)
+    for (name, a), b in zip(plain.state_dict().items(), checkpointed.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+    assert checkpointed.layer2[0].bn1.num_batches_tracked.item() == 2
+
+
 def test_info_counts_params_and_flops():
     i3d = model_info("i3d_r50", (3, 32, 224, 224), 400, norm="bn")
     assert i3d.params == 28_043_472

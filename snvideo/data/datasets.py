@@ -142,15 +142,21 @@ class _ClipDataset(Dataset):
     def write_label_map(self, path: str | os.PathLike) -> None:
         write_label_map(self.classes, path)
 
+    def test_views(self, index: int, normalize: bool = True) -> tuple[torch.Tensor, int]:
+        """Test-mode item: (views, label); normalize=False keeps the standard test transform's
+        views uint8 (the evaluator normalizes them on its device)."""
+        with self.open(index) as reader:
+            views, _ = load_test_views(
+                reader, self.num_clips, self.clip_len, self.frame_interval,
+                self.short_side, self.crop_size, self.num_crops, self.transform,
+                normalize=normalize,
+            )
+        return views, int(self.labels[index])
+
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, epoch = key if isinstance(key, tuple) else (key, None)
         if self.test_mode:
-            with self.open(index) as reader:
-                views, _ = load_test_views(
-                    reader, self.num_clips, self.clip_len, self.frame_interval,
-                    self.short_side, self.crop_size, self.num_crops, self.transform,
-                )
-            return views, int(self.labels[index])
+            return self.test_views(index)
         if epoch is None:  # torch's RNG (seeded per DataLoader worker) mixed with `seed`
             rng = np.random.default_rng([self.seed, index, int(torch.randint(2**62, ()))])
         else:  # a function of the sample alone: see the module docstring

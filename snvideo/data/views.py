@@ -46,18 +46,20 @@ def views_from_frames(
     frame_ids: np.ndarray,
     clip_indices: np.ndarray,
     transform: TestTransform | Callable[[torch.Tensor], torch.Tensor],
+    normalize: bool = True,
 ) -> torch.Tensor:
     """Test views (num_clips * crops, C, T, H, W), clip-major, from already decoded frames.
 
     frames: uint8 (U, H, W, 3) holding the frames `frame_ids` (sorted, unique); clip_indices:
     (num_clips, clip_len) frame indices, all among frame_ids. A TestTransform resizes each
-    decoded frame once, however many clips share it. Any other callable gets each clip as a
-    tv_tensors.Video uint8 (T, C, H, W) and returns (C, T, H, W) or (crops, C, T, H, W).
+    decoded frame once, however many clips share it; with normalize=False it returns the uint8
+    views (see TestTransform.views). Any other callable gets each clip as a tv_tensors.Video
+    uint8 (T, C, H, W) and returns (C, T, H, W) or (crops, C, T, H, W), used as returned.
     """
     video = frames.permute(0, 3, 1, 2)  # (U, C, H, W) view, channels-last memory
     positions = torch.from_numpy(np.searchsorted(frame_ids, clip_indices))
     if isinstance(transform, TestTransform):
-        return transform.views(transform.resize(video), list(positions))
+        return transform.views(transform.resize(video), list(positions), normalize)
     views = [transform(tv_tensors.Video(video[clip_positions])) for clip_positions in positions]
     views = [v if v.dim() == 5 else v.unsqueeze(0) for v in views]
     return torch.cat(views)
@@ -73,6 +75,7 @@ def load_test_views(
     num_crops: int = 1,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     backend: str = "auto",
+    normalize: bool = True,
 ) -> tuple[torch.Tensor, TestViewsInfo]:
     """All test views of one video: (num_clips * num_crops, C, T, H, W) float, clip-major
     (view = clip * num_crops + crop), plus a TestViewsInfo.
@@ -80,11 +83,14 @@ def load_test_views(
     The frames of all clips are read with one get_frames call on their sorted union; clips and
     crops are then cut from memory. `transform` replaces the standard test preset
     (short_side / crop_size / num_crops are then unused). A path is opened with `backend` and
-    closed again; a reader passed in is left open.
+    closed again; a reader passed in is left open. normalize=False keeps a TestTransform's
+    views uint8 (normalize them with transforms.normalize_views); a custom transform's output
+    is returned as it is either way.
     """
     if isinstance(reader_or_path, (str, os.PathLike)):
         with VideoReader(reader_or_path, backend=backend) as reader:
-            return load_test_views(reader, num_clips, clip_len, frame_interval, short_side, crop_size, num_crops, transform)
+            return load_test_views(reader, num_clips, clip_len, frame_interval, short_side,
+                                   crop_size, num_crops, transform, normalize=normalize)
     reader = reader_or_path
     num_frames = len(reader)
     if num_frames < 1:
@@ -93,7 +99,9 @@ def load_test_views(
     frame_ids = np.unique(clip_indices)
     decoded_before = getattr(reader, "frames_decoded", 0)
     frames = reader.get_frames(frame_ids)
-    views = views_from_frames(frames, frame_ids, clip_indices, transform or test_transform(short_side, crop_size, num_crops))
+    views = views_from_frames(frames, frame_ids, clip_indices,
+                              transform or test_transform(short_side, crop_size, num_crops),
+                              normalize)
     info = TestViewsInfo(
         path=reader.path,
         num_frames=num_frames,

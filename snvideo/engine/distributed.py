@@ -114,6 +114,16 @@ def set_cpu_threads(env: DistEnv, data_workers: int) -> int | None:
     return threads
 
 
+def enable_cudnn_benchmark(device: torch.device | str) -> bool:
+    """On CUDA, let cuDNN time its convolution algorithms once per input shape and keep the
+    fastest (`torch.backends.cudnn.benchmark`). Pays off because training clips, and test
+    chunks but the last, all have one shape. Returns whether it was switched on."""
+    if torch.device(device).type != "cuda":
+        return False
+    torch.backends.cudnn.benchmark = True
+    return True
+
+
 def barrier(env: DistEnv) -> None:
     if env.distributed:
         dist.barrier()

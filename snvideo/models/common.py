@@ -31,13 +31,22 @@ def run_stage(stage: nn.Sequential, x: Tensor, checkpointed: bool) -> Tensor:
     plus one block's recomputed activations, instead of a whole stage's, for the same single
     extra forward pass. The recompute leaves the norms' running statistics as the forward left
     them, so they are updated exactly once per step, as without checkpointing.
+
+    Under torch.compile, dynamo does not accept `context_fn`; it turns each checkpoint into a
+    tagged region that the partitioner recomputes in the backward graph, where the buffer
+    updates are not replayed (functionalization applies them once, in the forward graph), so
+    plain checkpointing keeps the same guarantee there.
     """
     if not (checkpointed and stage.training and torch.is_grad_enabled()):
         return stage(x)
+    compiling = torch.compiler.is_compiling()
     for block in stage:
-        x = checkpoint(block, x, use_reentrant=False,
-                       context_fn=lambda block=block: (contextlib.nullcontext(),
-                                                       restored_buffers(block)))
+        if compiling:
+            x = checkpoint(block, x, use_reentrant=False)
+        else:
+            x = checkpoint(block, x, use_reentrant=False,
+                           context_fn=lambda block=block: (contextlib.nullcontext(),
+                                                           restored_buffers(block)))
     return x
 
 

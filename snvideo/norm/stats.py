@@ -29,6 +29,10 @@ def recompute_norm_stats(model: nn.Module, batches: Iterable, num_batches: int =
     `batches` yields input tensors or (input, label, ...) tuples, e.g. a DataLoader. Forwards run
     in train mode without gradients; the model's modes and momenta are restored afterwards.
     Returns the number of batches used.
+
+    The average is cumulative: batch k enters with momentum 1/k, set here as a Python number
+    before each forward. (momentum=None would do the same, but SN and BatchNorm then read
+    1/num_batches_tracked back from the device: one host sync per layer per batch on CUDA.)
     """
     layers = _stat_layers(model)
     if not layers:
@@ -41,10 +45,11 @@ def recompute_norm_stats(model: nn.Module, batches: Iterable, num_batches: int =
     try:
         for m in layers:
             m.reset_running_stats()
-            m.momentum = None  # cumulative average over the batches below
             m.track_running_stats = True
         model.train()
         for batch in itertools.islice(batches, num_batches):
+            for m in layers:
+                m.momentum = 1.0 / (used + 1)  # cumulative average over the batches so far
             model(_first_input(batch, device))
             used += 1
     finally:
