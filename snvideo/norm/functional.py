@@ -188,6 +188,21 @@ def _chunkable(*tensors: Tensor) -> bool:
             and x.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16))
 
 
+_WORKSPACES: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+
+def _workspace(like: Tensor) -> Tensor:
+    """A scratch tensor shaped like `like`, kept between calls (grow-only, at most one chunk):
+    a fresh multi-MB CPU allocation is page-faulted on every touch, which cost as much as the
+    arithmetic it holds."""
+    key = (like.dtype, like.device)
+    buffer = _WORKSPACES.get(key)
+    if buffer is None or buffer.numel() < like.numel():
+        buffer = _WORKSPACES[key] = torch.empty(like.numel(), dtype=like.dtype,
+                                                device=like.device)
+    return buffer[: like.numel()].view_as(like)
+
+
 def _row_chunks(t: Tensor) -> tuple[Tensor, list[slice]]:
     rows = t.view(t.shape[0] * t.shape[1], -1)
     step = max(1, _CHUNK_ELEMENTS // max(1, rows.shape[1]))
@@ -254,7 +269,7 @@ def _eager_grad_sums(grad_y: Tensor, x: Tensor, center: Tensor) -> tuple[Tensor,
             torch.sum(g, 1, out=total[part])
             dot[part] = g.mul_(x_rows[part].float() - center_rows[part]).sum(1)
         return dot.view(n, c), total.view(n, c)
-    buffer = torch.empty_like(g_rows[chunks[0]])
+    buffer = _workspace(g_rows[chunks[0]])
     for part in chunks:
         g = g_rows[part]
         torch.sum(torch.mul(g, x_rows[part], out=buffer[: g.shape[0]]), 1, out=dot[part])
@@ -425,7 +440,8 @@ def _small_backward(s: _Stats, grad_dot: Tensor, grad_sum: Tensor, group
     grad_mixed = grad_mixed * _SIGNS[key]                                 # (2, N, C)
     n, c = grad_sum.shape
     k = s.weights.shape[1]
-    grad_w = torch.bmm(s.stats.view(2, k, n * c), grad_mixed.view(2, n * c, 1)).view(2, k)
+    # (a multiply and a sum: bmm with one output column is several times slower on CPU)
+    grad_w = (s.stats.view(2, k, n * c) * grad_mixed.view(2, 1, n * c)).sum(2)
     grad_logits = s.weights * (grad_w - (s.weights * grad_w).sum(1, keepdim=True))
     # Back to the IN moments: directly, through the LN moments (over C), the BN moments (over N).
     w = s.weights.view(2, k, 1, 1)
