@@ -25,7 +25,7 @@ samples count with their element count, so uneven per-process batches are exact.
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -47,22 +47,6 @@ def reduce_dims(x: Tensor) -> tuple[int, ...]:
 
 def _stat_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-(n, c) mean and population variance over S, in float32 (float64 for double input)."""
-    if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.is_contiguous()
-            and not torch.compiler.is_compiling()):
-        # On CPU, torch.var_mean (Welford) runs several times slower than a sum and a norm.
-        rows = x.view(x.shape[0], x.shape[1], -1)
-        mean = rows.mean(2)
-        sq_mean = torch.linalg.vector_norm(rows, dim=2).square() / rows.shape[2]
-        var = torch.addcmul(sq_mean, mean, mean, value=-1).clamp(min=0)
-        # mean^2 > limit * var  <=>  E[x^2] > (1 + limit) * var
-        if not bool(torch.gt(sq_mean, var * (1 + _CANCELLATION_LIMIT)).any()):
-            return mean, var
-    var, mean = torch.var_mean(x.to(_stat_dtype(x)), dim=reduce_dims(x), correction=0)
-    return mean, var
 
 
 def group_moments(mean: Tensor, var: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -378,8 +362,9 @@ def switch_norm(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tens
     with _no_autocast(x):
         path = resolve_kernel(kernel, x)
         if path == "triton" and not _synced(process_group):
-            return _switch_norm_op(x, *params, running_mean, running_var, training, momentum,
-                                   eps)
+            from .triton_sn import switch_norm_op
+
+            return switch_norm_op(x, *params, running_mean, running_var, training, momentum, eps)
         if torch.compiler.is_compiling():
             return switch_norm_reference(x, *params, running_mean, running_var, training,
                                          momentum, eps, process_group)
@@ -467,73 +452,3 @@ def switch_norm_reference(x: Tensor, mean_weight: Tensor, var_weight: Tensor, we
     with _no_autocast(x):
         return _forward(PLAIN_PASSES, x, mean_weight, var_weight, weight, bias, running_mean,
                         running_var, training, momentum, eps, process_group)[0]
-
-
-# --- the Triton path as one custom op ---------------------------------------------------------
-@torch.library.custom_op("snvideo::switch_norm", mutates_args=())
-def _switch_norm_fwd_op(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tensor,
-                        bias: Tensor, running_mean: Optional[Tensor],
-                        running_var: Optional[Tensor], use_batch_stats: bool, eps: float
-                        ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """y and the (N, C)-sized statistics the backward and the running statistics need
-    (triton_sn.forward)."""
-    from . import triton_sn
-
-    return triton_sn.forward(x, mean_weight, var_weight, weight, bias, running_mean, running_var,
-                             use_batch_stats, eps)
-
-
-@_switch_norm_fwd_op.register_fake
-def _(x, mean_weight, var_weight, weight, bias, running_mean, running_var, use_batch_stats, eps):
-    n, c = x.shape[:2]
-    return (torch.empty_like(x), x.new_empty((6, n, c), dtype=torch.float32),
-            x.new_empty((2, n), dtype=torch.float32), x.new_empty((2, c), dtype=torch.float32))
-
-
-@torch.library.custom_op("snvideo::switch_norm_backward", mutates_args=())
-def _switch_norm_bwd_op(grad_y: Tensor, x: Tensor, nc: Tensor, ln: Tensor, bn: Tensor,
-                        mean_weight: Tensor, var_weight: Tensor, weight: Tensor, bias: Tensor,
-                        use_batch_stats: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    from . import triton_sn
-
-    grad_x, *grads = triton_sn.backward(grad_y, x, nc, ln, bn, mean_weight, var_weight,
-                                        use_batch_stats)
-    params = (mean_weight, var_weight, weight, bias)
-    return (grad_x, *(g.to(p.dtype, copy=True) for g, p in zip(grads, params)))  # no aliases
-
-
-@_switch_norm_bwd_op.register_fake
-def _(grad_y, x, nc, ln, bn, mean_weight, var_weight, weight, bias, use_batch_stats):
-    return (torch.empty_like(x), torch.empty_like(mean_weight), torch.empty_like(var_weight),
-            torch.empty_like(weight), torch.empty_like(bias))
-
-
-def _setup_context(ctx, inputs, output):
-    x, mean_weight, var_weight, weight, bias, running_mean, _, use_batch, _ = inputs
-    _, nc, ln, bn = output
-    ctx.save_for_backward(x, nc, ln, bn, mean_weight, var_weight, weight, bias)
-    ctx.use_batch = use_batch or running_mean is None
-
-
-def _op_backward(ctx, grad_y, *unused):
-    grads = torch.ops.snvideo.switch_norm_backward(grad_y, *ctx.saved_tensors, ctx.use_batch)
-    return (*grads, None, None, None, None)
-
-
-_switch_norm_fwd_op.register_autograd(_op_backward, setup_context=_setup_context)
-
-
-def _switch_norm_op(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tensor,
-                    bias: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
-                    training: bool, momentum: float, eps: float) -> Tensor:
-    """The Triton path through the custom op; running statistics are updated here, outside it
-    (the op itself is functional)."""
-    use_batch = training or running_mean is None
-    y, _, _, bn = torch.ops.snvideo.switch_norm(
-        x, mean_weight, var_weight, weight, bias, None if use_batch else running_mean,
-        None if use_batch else running_var, use_batch, eps)
-    if training and running_mean is not None and mean_weight.numel() == 3:
-        with torch.no_grad():
-            running_mean.lerp_(bn[0].to(running_mean.dtype), momentum)
-            running_var.lerp_(bn[1].to(running_var.dtype), momentum)
-    return y

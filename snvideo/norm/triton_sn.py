@@ -1,13 +1,15 @@
-"""SN on Triton kernels: the input-sized passes fused, the (N, C)-sized mixing in torch.
+"""SN on Triton kernels (the kernels themselves are in _triton_kernels.py).
 
 The input-sized tensor is touched as often as BatchNorm touches it:
   forward:  one read of x for the per-(n, c) moments; one read of x, one write of y
   backward: one read of x and dy for the per-(n, c) sums; one read of x and dy, one write of dx
 in its own dtype (fp32, bf16 or fp16; contiguous or channels_last_3d, no copy), with float32
-arithmetic rounded once on the way out. `switch_norm_triton` is one `torch.library` custom op
-(`snvideo::switch_norm`, with a fake implementation and a registered backward), so
-torch.compile and DDP see one opaque op. SyncSwitchNorm composes the same passes around its
-all-reduces (functional.SwitchNormFunction with `passes=TRITON_PASSES`).
+arithmetic rounded once on the way out. The (N, C)-sized mixing and its chain rule are one
+small kernel each way, so a layer is four launches forward and three backward (`forward`,
+`backward`). `switch_norm_op` runs them as one `torch.library` custom op,
+`snvideo::switch_norm` (fake implementation and backward registered), so torch.compile and DDP
+see one opaque op. SyncSwitchNorm runs the input-sized passes (TRITON_PASSES) around its
+all-reduces, with the mixing in torch (functional.SwitchNormFunction).
 
 triton is imported lazily (it ships with CUDA builds of torch). On CPU tensors the kernels run
 only under Triton's interpreter (TRITON_INTERPRET=1 set before triton is imported), which the
@@ -19,6 +21,7 @@ import functools
 import importlib.util
 import os
 from types import SimpleNamespace
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -227,3 +230,69 @@ def backward(grad_y: Tensor, x: Tensor, nc: Tensor, ln: Tensor, bn: Tensor,
 
 TRITON_PASSES = SimpleNamespace(moments=moments, affine=affine, grad_sums=grad_sums,
                                 grad_input=grad_input)
+
+
+# --- the layer as one custom op -----------------------------------------------------------------
+@torch.library.custom_op("snvideo::switch_norm", mutates_args=())
+def _switch_norm_fwd_op(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tensor,
+                        bias: Tensor, running_mean: Optional[Tensor],
+                        running_var: Optional[Tensor], use_batch_stats: bool, eps: float
+                        ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """y and the (N, C)-sized statistics the backward and the running statistics need
+    (triton_sn.forward)."""
+    return forward(x, mean_weight, var_weight, weight, bias, running_mean, running_var,
+                             use_batch_stats, eps)
+
+
+@_switch_norm_fwd_op.register_fake
+def _(x, mean_weight, var_weight, weight, bias, running_mean, running_var, use_batch_stats, eps):
+    n, c = x.shape[:2]
+    return (torch.empty_like(x), x.new_empty((6, n, c), dtype=torch.float32),
+            x.new_empty((2, n), dtype=torch.float32), x.new_empty((2, c), dtype=torch.float32))
+
+
+@torch.library.custom_op("snvideo::switch_norm_backward", mutates_args=())
+def _switch_norm_bwd_op(grad_y: Tensor, x: Tensor, nc: Tensor, ln: Tensor, bn: Tensor,
+                        mean_weight: Tensor, var_weight: Tensor, weight: Tensor, bias: Tensor,
+                        use_batch_stats: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    grad_x, *grads = backward(grad_y, x, nc, ln, bn, mean_weight, var_weight,
+                                        use_batch_stats)
+    params = (mean_weight, var_weight, weight, bias)
+    return (grad_x, *(g.to(p.dtype, copy=True) for g, p in zip(grads, params)))  # no aliases
+
+
+@_switch_norm_bwd_op.register_fake
+def _(grad_y, x, nc, ln, bn, mean_weight, var_weight, weight, bias, use_batch_stats):
+    return (torch.empty_like(x), torch.empty_like(mean_weight), torch.empty_like(var_weight),
+            torch.empty_like(weight), torch.empty_like(bias))
+
+
+def _setup_context(ctx, inputs, output):
+    x, mean_weight, var_weight, weight, bias, running_mean, _, use_batch, _ = inputs
+    _, nc, ln, bn = output
+    ctx.save_for_backward(x, nc, ln, bn, mean_weight, var_weight, weight, bias)
+    ctx.use_batch = use_batch or running_mean is None
+
+
+def _op_backward(ctx, grad_y, *unused):
+    grads = torch.ops.snvideo.switch_norm_backward(grad_y, *ctx.saved_tensors, ctx.use_batch)
+    return (*grads, None, None, None, None)
+
+
+_switch_norm_fwd_op.register_autograd(_op_backward, setup_context=_setup_context)
+
+
+def switch_norm_op(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tensor,
+                    bias: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+                    training: bool, momentum: float, eps: float) -> Tensor:
+    """The Triton path through the custom op; running statistics are updated here, outside it
+    (the op itself is functional)."""
+    use_batch = training or running_mean is None
+    y, _, _, bn = torch.ops.snvideo.switch_norm(
+        x, mean_weight, var_weight, weight, bias, None if use_batch else running_mean,
+        None if use_batch else running_var, use_batch, eps)
+    if training and running_mean is not None and mean_weight.numel() == 3:
+        with torch.no_grad():
+            running_mean.lerp_(bn[0].to(running_mean.dtype), momentum)
+            running_var.lerp_(bn[1].to(running_var.dtype), momentum)
+    return y
