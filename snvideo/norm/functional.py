@@ -172,25 +172,33 @@ def _chunkable(*tensors: Tensor) -> bool:
             and x.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16))
 
 
-_WORKSPACES: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+_WORKSPACES: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
+# Half-precision inputs are converted to float32 in chunks of about this many elements (128 KB),
+# so that the conversions and the float32 arithmetic stay in cache.
+_HALF_CHUNK_ELEMENTS = 1 << 19
 
 
-def _workspace(like: Tensor) -> Tensor:
-    """A scratch tensor shaped like `like`, kept between calls (grow-only, at most one chunk):
-    a fresh multi-MB CPU allocation is page-faulted on every touch, which cost as much as the
-    arithmetic it holds."""
-    key = (like.dtype, like.device)
+def _workspace(like: Tensor, dtype: torch.dtype | None = None, slot: int = 0) -> Tensor:
+    """A scratch tensor shaped like `like` (in `dtype`), kept between calls (grow-only, at most
+    one chunk per slot): a fresh multi-MB CPU allocation is page-faulted on every touch, which
+    cost as much as the arithmetic it holds."""
+    dtype = dtype or like.dtype
+    key = (slot, dtype, like.device)
     buffer = _WORKSPACES.get(key)
     if buffer is None or buffer.numel() < like.numel():
-        buffer = _WORKSPACES[key] = torch.empty(like.numel(), dtype=like.dtype,
-                                                device=like.device)
-    return buffer[: like.numel()].view_as(like)
+        buffer = _WORKSPACES[key] = torch.empty(like.numel(), dtype=dtype, device=like.device)
+    return buffer[: like.numel()].view(like.shape)
 
 
-def _row_chunks(t: Tensor) -> tuple[Tensor, list[slice]]:
+def _row_chunks(t: Tensor, elements: int = _CHUNK_ELEMENTS) -> tuple[Tensor, list[slice]]:
     rows = t.view(t.shape[0] * t.shape[1], -1)
-    step = max(1, _CHUNK_ELEMENTS // max(1, rows.shape[1]))
+    step = max(1, elements // max(1, rows.shape[1]))
     return rows, [slice(i, i + step) for i in range(0, rows.shape[0], step)]
+
+
+def _as_float(rows: Tensor, slot: int = 0) -> Tensor:
+    """A float32 copy of a chunk of half-precision rows, in a kept workspace."""
+    return _workspace(rows, torch.float32, slot).copy_(rows)
 
 
 def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -205,13 +213,16 @@ def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
         # mean^2 > limit * var  <=>  E[x^2] > (1 + limit) * var
         if not bool(torch.gt(sq_mean, var * (1 + _CANCELLATION_LIMIT)).any()):
             return mean, var
-    if _chunkable(x) and _is_half(x):  # float32 Welford per chunk: no full-size float32 copy
-        rows, chunks = _row_chunks(x)
-        mean, var = rows.new_empty(rows.shape[0], dtype=torch.float32), \
-            rows.new_empty(rows.shape[0], dtype=torch.float32)
+    if _chunkable(x) and _is_half(x):  # exact two-pass moments per cached float32 chunk
+        rows, chunks = _row_chunks(x, _HALF_CHUNK_ELEMENTS)
+        mean = rows.new_empty(rows.shape[0], dtype=torch.float32)
+        var = torch.empty_like(mean)
         for part in chunks:
-            var[part], mean[part] = torch.var_mean(rows[part].float(), dim=1, correction=0)
-        return mean.view(x.shape[:2]), var.view(x.shape[:2])
+            f = _as_float(rows[part])
+            torch.mean(f, 1, out=mean[part])
+            f.sub_(mean[part, None])
+            torch.linalg.vector_norm(f, dim=1, out=var[part])
+        return mean.view(x.shape[:2]), var.square_().div_(rows.shape[1]).view(x.shape[:2])
     return _plain_moments(x)
 
 
@@ -225,11 +236,12 @@ def _eager_affine(x: Tensor, center: Tensor, scale: Tensor, shift: Tensor) -> Te
     if not _chunkable(x):
         return _plain_affine(x, center, scale, shift)
     y = torch.empty_like(x)
-    y_rows, chunks = _row_chunks(y)
+    y_rows, chunks = _row_chunks(y, _HALF_CHUNK_ELEMENTS)
     x_rows = x.view_as(y_rows)
-    center, scale, shift = (t.reshape(-1, 1) for t in (center, scale, shift))
+    scale = scale.reshape(-1, 1)
+    shift = torch.addcmul(shift, center, scale.view_as(center), value=-1).reshape(-1, 1)
     for part in chunks:
-        y_rows[part] = (x_rows[part].float() - center[part]).mul_(scale[part]).add_(shift[part])
+        y_rows[part] = _as_float(x_rows[part]).mul_(scale[part]).add_(shift[part])
     return y
 
 
@@ -242,16 +254,18 @@ def _eager_grad_sums(grad_y: Tensor, x: Tensor, center: Tensor) -> tuple[Tensor,
         dims = reduce_dims(x)
         centered = x.to(acc) - _expand(center, x.dim())
         return (grad_y.to(acc) * centered).sum(dims), grad_y.sum(dims, dtype=acc)
-    g_rows, chunks = _row_chunks(grad_y)
+    half = _is_half(x)
+    g_rows, chunks = _row_chunks(grad_y, _HALF_CHUNK_ELEMENTS if half else _CHUNK_ELEMENTS)
     x_rows = x.view_as(g_rows)
     dot = g_rows.new_empty(g_rows.shape[0], dtype=acc)
     total = torch.empty_like(dot)
-    if _is_half(x):
+    if half:
         center_rows = center.reshape(-1, 1)
         for part in chunks:
-            g = g_rows[part].float()
+            g = _as_float(g_rows[part])
             torch.sum(g, 1, out=total[part])
-            dot[part] = g.mul_(x_rows[part].float() - center_rows[part]).sum(1)
+            centered = _as_float(x_rows[part], slot=1).sub_(center_rows[part])
+            torch.sum(centered.mul_(g), 1, out=dot[part])
         return dot.view(n, c), total.view(n, c)
     buffer = _workspace(g_rows[chunks[0]])
     for part in chunks:
@@ -273,13 +287,15 @@ def _eager_grad_input(grad_y: Tensor, x: Tensor, center: Tensor, scale: Tensor, 
               * _expand(a, nd) + _expand(b, nd))
         return dx.to(x.dtype)
     grad_x = torch.empty_like(x)
-    out_rows, chunks = _row_chunks(grad_x)
+    half = _is_half(x)
+    out_rows, chunks = _row_chunks(grad_x, _HALF_CHUNK_ELEMENTS if half else _CHUNK_ELEMENTS)
     g_rows, x_rows = grad_y.view_as(out_rows), x.view_as(out_rows)
-    if _is_half(x):
-        center, a, b, scale = (t.reshape(-1, 1) for t in (center, a, b, scale))
+    if half:
+        b = torch.addcmul(b, center, a, value=-1).reshape(-1, 1)  # x * a + (b - center * a)
+        a, scale = a.reshape(-1, 1), scale.reshape(-1, 1)
         for part in chunks:
-            dx = (x_rows[part].float() - center[part]).mul_(a[part]).add_(b[part])
-            out_rows[part] = dx.addcmul_(g_rows[part].float(), scale[part])
+            dx = _as_float(x_rows[part]).mul_(a[part]).add_(b[part])
+            out_rows[part] = dx.addcmul_(_as_float(g_rows[part], slot=1), scale[part])
         return grad_x
     b = torch.addcmul(b, center, a, value=-1)  # x * a + (b - center * a)
     a, b, scale = (t.reshape(-1, 1).to(x.dtype) for t in (a, b, scale))
