@@ -16,13 +16,29 @@ NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instance
 
 
 def model_from_config(model_cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """build_model with the config's settings (pretrained 2D weights are loaded separately)."""
-    from snvideo.models import build_model
+    """build_model with the config's settings (pretrained 2D weights are loaded separately).
+    Values that only fail when the model is built raise ConfigError naming their key."""
+    from snvideo.models import ARCHS, build_model
+    from snvideo.models.common import NormBuildError
 
-    return build_model(model_cfg.arch, num_classes, norm=model_cfg.norm,
-                       norm_kwargs=dict(model_cfg.norm_kwargs), dropout=model_cfg.dropout,
-                       zero_init_last_norm=model_cfg.zero_init_last_norm,
-                       checkpoint_stages=model_cfg.checkpoint_stages, **model_cfg.arch_kwargs)
+    if model_cfg.arch not in ARCHS:
+        raise ConfigError(f"model.arch: unknown arch {model_cfg.arch!r}; valid archs: "
+                          f"{', '.join(ARCHS)}")
+    try:
+        return build_model(model_cfg.arch, num_classes, norm=model_cfg.norm,
+                           norm_kwargs=dict(model_cfg.norm_kwargs), dropout=model_cfg.dropout,
+                           zero_init_last_norm=model_cfg.zero_init_last_norm,
+                           checkpoint_stages=model_cfg.checkpoint_stages, **model_cfg.arch_kwargs)
+    except NormBuildError as e:
+        if "unknown norm kind" in str(e):
+            key = "model.norm"
+        elif "num_groups" in str(e):
+            key = "model.norm_kwargs.num_groups"
+        else:
+            key = "model.norm_kwargs"
+        raise ConfigError(f"{key}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model.arch_kwargs: {e}") from None
 
 
 def check_data_paths(cfg: Config, need_train: bool = True) -> None:

@@ -14,12 +14,20 @@ from snvideo.norm import build_norm, is_switch_norm
 NormFactory = Callable[[int], nn.Module]
 
 
+class NormBuildError(ValueError):
+    """A norm layer could not be built from the norm kind and kwargs a model was given."""
+
+
 def norm_factory(norm: str, norm_kwargs: Mapping[str, Any] | None = None) -> NormFactory:
-    """Bind a norm kind and its constructor kwargs once; blocks only pass the channel count."""
+    """Bind a norm kind and its constructor kwargs once; blocks only pass the channel count.
+    A kind or kwargs the layer refuses raise NormBuildError (the message says which layer)."""
     kwargs = dict(norm_kwargs or {})
 
     def make(num_features: int) -> nn.Module:
-        return build_norm(norm, num_features, dim=3, **kwargs)
+        try:
+            return build_norm(norm, num_features, dim=3, **kwargs)
+        except (TypeError, ValueError) as e:
+            raise NormBuildError(f"{e} (a {norm} layer of {num_features} channels)") from None
 
     return make
 

@@ -19,7 +19,8 @@ _SN = {1: SwitchNorm1d, 2: SwitchNorm2d, 3: SwitchNorm3d}
 def build_norm(kind: str, num_features: int, dim: int = 3, **kwargs) -> nn.Module:
     """A normalization layer for `num_features` channels of a `dim`-D (1, 2 or 3) feature map.
 
-    kinds: bn, syncbn, gn (num_groups, default 32), in (affine, per-sample statistics in eval
+    kinds: bn, syncbn, gn (num_groups; by default 32, or the largest divisor of the channel
+    count below 32 where 32 does not divide it), in (affine, per-sample statistics in eval
     too), ln (GroupNorm with one group: statistics over C and S per sample), sn, syncsn.
     Extra kwargs go to the layer's constructor (eps, momentum, using_bn, ...).
     """
@@ -32,8 +33,11 @@ def build_norm(kind: str, num_features: int, dim: int = 3, **kwargs) -> nn.Modul
     if kind == "syncbn":
         return nn.SyncBatchNorm(num_features, **kwargs)
     if kind == "gn":
-        num_groups = kwargs.pop("num_groups", 32)
-        if num_features % num_groups:
+        if "num_groups" in kwargs:
+            num_groups = kwargs.pop("num_groups")
+        else:  # the default adapts to narrow layers (a 0.25-wide ResNet's 16-channel stem)
+            num_groups = max(g for g in range(1, 33) if num_features % g == 0)
+        if not isinstance(num_groups, int) or num_groups < 1 or num_features % num_groups:
             raise ValueError(f"gn: num_groups={num_groups} does not divide {num_features} channels")
         return nn.GroupNorm(num_groups, num_features, **kwargs)
     if kind == "in":
