@@ -6,6 +6,12 @@ frame i's pts. To read frame i we seek to the last keyframe at or before it and 
 forward, identifying frames by pts. Anything unexpected (a frame without pts, a pts the index
 does not know, a seek that lands after the target) switches to a sequential decode from the
 start, which is slow but right by definition.
+
+The container is opened with only the MPEG-4 Part 2 decoder allowed during stream probing
+(`PROBE_OPTIONS`): ffmpeg's stream probing otherwise opens the video decoder and decodes the
+first frames, 2 ms of a 40 ms training item, only to learn what the packet index and the
+first real decode tell us anyway. MPEG-4 Part 2 still probes: its B-frame flag is read only
+by its decoder. Decoding later is unaffected (the whitelist is a container option).
 """
 from __future__ import annotations
 
@@ -17,6 +23,8 @@ import numpy as np
 import torch
 
 from .errors import VideoReadError, short_message
+
+PROBE_OPTIONS = {"codec_whitelist": "mpeg4"}
 
 
 @dataclass
@@ -79,7 +87,7 @@ class PyAVBackend:
         self.num_threads = num_threads
         self.frames_decoded = 0  # every frame the decoder produced, including those skipped after a seek
         try:
-            self._container = av.open(path, metadata_errors="ignore")
+            self._container = av.open(path, metadata_errors="ignore", container_options=PROBE_OPTIONS)
         except av.FFmpegError as err:
             raise VideoReadError(path, f"cannot decode: {short_message(err)}") from err
         try:
@@ -90,6 +98,9 @@ class PyAVBackend:
                 raise VideoReadError(path, "cannot decode: no decoder for this codec")
             if num_threads:
                 self._stream.codec_context.thread_count = num_threads
+            context = self._stream.codec_context
+            self.codec, self.has_b_frames = context.name, bool(context.has_b_frames)
+            self.declared_frames = int(self._stream.frames or 0)
             self._index = build_index(self._container, self._stream)
             self.frames_present = self._index.num_frames
             # A header that declares more frames than the file holds means the file was cut short:
@@ -101,6 +112,12 @@ class PyAVBackend:
         except BaseException:
             self._container.close()
             raise
+
+    @property
+    def seeks_exactly(self) -> bool:
+        """True when frames are addressed by timestamp (keyframe seek); False: decoded by count
+        from the first frame, because the timestamps cannot be trusted."""
+        return self._index.exact
 
     def close(self) -> None:
         self._container.close()
