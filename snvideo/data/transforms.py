@@ -5,8 +5,9 @@ resized as uint8 (torchvision's fast path for channels-last uint8, which is the 
 decoded frames already have), and cropping happens before resizing so only kept pixels are
 resized. Normalization (ImageNet mean/std on [0, 1] values) goes into one preallocated output:
 a single transposing uint8 -> float copy to (C, T, H, W), then in-place per-channel scaling.
-Test views can instead stay uint8 (`TestTransform.views(..., normalize=False)`) and be
-normalized on the device by `normalize_views`, with the same arithmetic.
+Training clips and test views can instead stay uint8 (`TrainTransform(..., normalize=False)`,
+`TestTransform.views(..., normalize=False)`): a quarter of the bytes to ship from a DataLoader
+worker, normalized once on the training device by `normalize_views`, with the same arithmetic.
 """
 from __future__ import annotations
 
@@ -155,12 +156,17 @@ class TrainTransform:
         left = int(torch.randint(0, width - side + 1, (1,), generator=generator))
         return top, left, side, side
 
-    def __call__(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """uint8 (T, C, H, W) -> float32 (C, T, crop_size, crop_size)."""
+    def __call__(self, video: torch.Tensor, generator: torch.Generator | None = None,
+                 normalize: bool = True) -> torch.Tensor:
+        """uint8 (T, C, H, W) -> float32 (C, T, crop_size, crop_size); with normalize=False the
+        uint8 pixels (C, T, crop_size, crop_size), to be finished by `normalize_views`."""
         box = self.crop_box(video.shape[-2], video.shape[-1], generator)
         clip = F.resize(crop(video, box), [self.crop_size, self.crop_size], antialias=True)
         if self.flip_prob > 0 and float(torch.rand((), generator=generator)) < self.flip_prob:
             clip = clip.flip(-1)
+        if not normalize:
+            t, c, h, w = clip.shape
+            return copy_cthw(torch.empty((c, t, h, w), dtype=torch.uint8), clip)
         return to_normalized_clip(clip, self.mean, self.std)
 
 
