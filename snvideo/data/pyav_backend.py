@@ -25,6 +25,10 @@ import torch
 from .errors import VideoReadError, short_message
 
 PROBE_OPTIONS = {"codec_whitelist": "mpeg4"}
+# Decode on through a keyframe unless that skips more than this many frames: a seek flushes
+# the decoder, whose reordering delay (frames already decoded ahead) is then decoded again.
+# Seeking at every keyframe cost a 32x2 clip 25% of its time at GOP 16.
+SEEK_GAP = 8
 
 
 @dataclass
@@ -161,7 +165,7 @@ class PyAVBackend:
                     break
                 target = wanted[pos]
                 next_key = index.keyframes[max(bisect.bisect_right(index.keyframes, target) - 1, 0)]
-                if next_key > current + 1:  # cheaper to jump to the keyframe than to decode the gap
+                if next_key - current > SEEK_GAP:  # cheaper to jump to the keyframe than to decode the gap
                     break
             else:
                 raise VideoReadError(self.path, f"cannot decode frame {target}: stream ended early")

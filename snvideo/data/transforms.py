@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as F
 
@@ -162,12 +163,11 @@ class TrainTransform:
         uint8 pixels (C, T, crop_size, crop_size), to be finished by `normalize_views`."""
         box = self.crop_box(video.shape[-2], video.shape[-1], generator)
         clip = F.resize(crop(video, box), [self.crop_size, self.crop_size], antialias=True)
-        if self.flip_prob > 0 and float(torch.rand((), generator=generator)) < self.flip_prob:
-            clip = clip.flip(-1)
-        if not normalize:
-            t, c, h, w = clip.shape
-            return copy_cthw(torch.empty((c, t, h, w), dtype=torch.uint8), clip)
-        return to_normalized_clip(clip, self.mean, self.std)
+        flip = self.flip_prob > 0 and float(torch.rand((), generator=generator)) < self.flip_prob
+        if not normalize:  # flip and (C, T, H, W) transpose in one copy (numpy takes a reversed view)
+            cthw = clip.permute(1, 0, 2, 3).numpy()
+            return torch.from_numpy(np.ascontiguousarray(cthw[..., ::-1] if flip else cthw))
+        return to_normalized_clip(clip.flip(-1) if flip else clip, self.mean, self.std)
 
 
 @dataclass
