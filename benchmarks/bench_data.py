@@ -1,7 +1,7 @@
 """Data-loading throughput per worker: clips/s of one process on one core.
 
     python benchmarks/bench_data.py [--quick] [--workdir DIR] [--videos 10] [--clips 100]
-                                    [--gop 16] [--batches 30]
+                                    [--gop 16] [--batches 30] [--reps 20]
 
 Videos: Kinetics-like 10 s, 340x256, 30 fps H.264 (libx264 defaults, so one keyframe per 250
 frames), generated once and cached in --workdir; plus the same re-encoded by
@@ -18,6 +18,11 @@ The process is pinned to one CPU and every library is told to use one thread, so
 are what each DataLoader worker delivers.  Rates are clips per second of this process's CPU
 time (robust to other load on a shared machine); wall-clock rates are printed below the table.
 "ours / fastest bare" divides by the faster of the two bare decoders for that video set.
+
+A second table times the two frame-accurate decoders `backend="auto"` chooses between,
+VideoReader(backend="pyav") (keyframe seek) and VideoReader(backend="decord"), open + one
+get_frames call, for three requests: a training clip (32x2 at a random offset), a validation
+clip (1 clip, test sampling) and a 10-clip test (the union of 10 evenly spaced 32x2 clips).
 
 Then a DataLoader row (default-GOP videos, wall clock, unpinned): clips/s with 1 and 2
 workers, batches of 4, up to the model's float input tensor in this process, for
@@ -202,6 +207,33 @@ def time_cells(cells: dict[tuple[str, str], tuple[Callable, list[Path]]], clips:
 LOADER_BATCH = 4
 
 
+def request_rates(paths: list[Path], reps: int, seed: int) -> dict[tuple[str, str], float]:
+    """Requests per CPU-second of VideoReader with each backend, open + one get_frames call."""
+    from snvideo.data import VideoReader, test_clip_indices
+
+    def train_request(n: int, rng: np.random.Generator) -> np.ndarray:
+        return clip_indices(rng, n)
+
+    requests = {
+        "training clip 32x2": train_request,
+        "validation, 1 clip": lambda n, rng: np.unique(test_clip_indices(n, CLIP_LEN, INTERVAL, 1)),
+        "test, 10 clips": lambda n, rng: np.unique(test_clip_indices(n, CLIP_LEN, INTERVAL, 10)),
+    }
+    rates = {}
+    for request, make in requests.items():
+        for backend in ("pyav", "decord"):
+            rng = np.random.default_rng(seed)
+            times = 0.0
+            for i in range(reps + 1):
+                c0 = time.process_time()
+                with VideoReader(paths[i % len(paths)], backend=backend) as reader:
+                    reader.get_frames(make(len(reader), rng))
+                if i:  # the first one warms up
+                    times += time.process_time() - c0
+            rates[request, backend] = reps / times
+    return rates
+
+
 def loader_rate(paths: list[Path], workdir: Path, workers: int, batches: int,
                 normalize: bool) -> float:
     """Wall-clock clips/s of a DataLoader over the training set, as far as the model's input."""
@@ -289,9 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gop", type=int, default=16, help="keyframe interval of the re-encode")
     p.add_argument("--batches", type=int, default=30, help="DataLoader batches timed per row cell")
+    p.add_argument("--reps", type=int, default=20, help="requests timed per decoder-table cell")
     args = p.parse_args(argv)
     if args.quick:
-        args.videos, args.clips, args.batches = min(args.videos, 4), 6, 3
+        args.videos, args.clips, args.batches, args.reps = min(args.videos, 4), 6, 3, 2
 
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
@@ -346,6 +379,17 @@ def main(argv: list[str] | None = None) -> int:
         walls = ", ".join(f"{name.split(':')[0].split(' (')[0]} [{tag}] {fmt(r)}"
                           for (name, tag), r in by_wall.items())
         print(f"(wall-clock clips/s, includes time other processes held the core: {walls})")
+    print()
+    print(f"Frame-accurate decoders for each request, open + get_frames, requests/CPU-s "
+          f"({args.reps} each):")
+    print()
+    print(f"| request | PyAV seek, default GOP | decord, default GOP | PyAV seek, GOP {args.gop} "
+          f"| decord, GOP {args.gop} |")
+    print("|---|---:|---:|---:|---:|")
+    by_set = [request_rates(paths, args.reps, args.seed) for paths in (default_gop, dense_gop)]
+    for request in dict.fromkeys(r for r, _ in by_set[0]):
+        print(f"| {request} | " + " | ".join(fmt(rates[request, b]) for rates in by_set
+                                             for b in ("pyav", "decord")) + " |")
     unpin(pinned_from)
     print()
     print(f"DataLoader, default-GOP videos, batches of {LOADER_BATCH}, {args.batches} batches "
