@@ -241,12 +241,14 @@ def loader_rate(paths: list[Path], workdir: Path, workers: int, batches: int,
     from torch.utils.data import DataLoader
 
     from snvideo.data import ResumableSampler
+    from snvideo.data.datasets import collate_clips
     from snvideo.engine.batches import to_model_input
 
     ds = train_set(paths, workdir, "loader", normalize)
     sampler = ResumableSampler(len(ds) * 1000, seed=workers)  # keys (index, epoch); wrap below
     keys = [(i % len(ds), e) for i, e in sampler][: (batches + 1) * LOADER_BATCH]
-    loader = DataLoader(_Keyed(ds, keys), batch_size=LOADER_BATCH, num_workers=workers)
+    loader = DataLoader(_Keyed(ds, keys), batch_size=LOADER_BATCH, num_workers=workers,
+                        collate_fn=collate_clips)  # as train.py
     device = torch.device("cpu")
     it = iter(loader)
     to_model_input(next(it)[0], device, ds.transform)  # warm-up: worker start, first open

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from torch.utils.data import DataLoader
+from torch.utils.data import default_collate
 
 import train as train_script
 from snvideo.config import ConfigError, load_config
 from snvideo.data import TrainTransform, VideoDataset, VideoReader, normalize_views
 from snvideo.data import pyav_backend
+from snvideo.data.datasets import collate_clips
 from snvideo.engine import builders
 from snvideo.engine.batches import model_inputs, to_model_input
 from snvideo.engine.distributed import DistEnv
@@ -57,7 +58,8 @@ def test_uint8_train_transform_is_the_float_transform_before_normalization(flip_
                                std=(0.5, 0.6, 0.7))
     raw = transform(video, torch.Generator().manual_seed(4), normalize=False)
     ref = transform(video, torch.Generator().manual_seed(4))
-    assert raw.dtype == torch.uint8 and raw.is_contiguous() and raw.shape == (3, 6, 24, 24)
+    assert raw.dtype == torch.uint8 and raw.shape == (3, 6, 24, 24)
+    assert raw.permute(1, 2, 3, 0).is_contiguous()  # the frames' memory order, no transpose
     assert torch.equal(normalize_views(raw, transform.mean, transform.std), ref)
 
 
@@ -105,12 +107,27 @@ def test_train_loader_batches_equal_the_float_pipeline(tmp_path, clip_data):
     loader.sampler.set_epoch(1)
     reference = dataset(clip_data, transform=train_set.transform, seed=5)
     keys = [(i, 1) for i in loader.sampler.indices()]
-    batches = [to_model_input(clips, env.device, train_set.transform) for clips, _ in loader]
+    raw = [clips for clips, _ in loader]
+    assert all(c.dtype == torch.uint8 and c.is_contiguous(memory_format=torch.channels_last_3d)
+               for c in raw)  # collate_clips kept the frames' memory order
+    batches = [to_model_input(clips, env.device, train_set.transform) for clips in raw]
     expected = torch.stack([reference[key][0] for key in keys])
     assert torch.equal(torch.cat(batches), expected)
     loader.sampler.set_epoch(1)
     assert torch.equal(torch.cat(list(model_inputs(loader, env.device, train_set.transform))),
                        expected)
+
+
+def test_collate_clips_keeps_layout_and_values():
+    frames = torch.randint(0, 256, (3, 4, 3, 6, 5), dtype=torch.uint8)  # items (T, C, H, W)
+    items = [(f.contiguous(memory_format=torch.channels_last).permute(1, 0, 2, 3), i)
+             for i, f in enumerate(frames)]
+    clips, labels = collate_clips(items)
+    reference, ref_labels = default_collate(items)
+    assert torch.equal(clips, reference) and torch.equal(labels, ref_labels)
+    assert clips.is_contiguous(memory_format=torch.channels_last_3d)
+    floats = [(torch.randn(3, 4, 6, 5), 0), (torch.randn(3, 4, 6, 5), 1)]
+    assert torch.equal(collate_clips(floats)[0], default_collate(floats)[0])
 
 
 def test_decode_threads_reach_the_reader_and_are_checked(tmp_path, clip_data):

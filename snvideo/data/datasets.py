@@ -22,6 +22,7 @@ results do not depend on data.num_workers. A plain int index mixes in torch's RN
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 from multiprocessing import context as mp_context
@@ -29,7 +30,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
+from torch.utils.data import default_collate
 from torchvision import tv_tensors
 
 from .annotations import Annotations, load_annotations, load_rawframe_annotations, write_label_map
@@ -302,6 +304,33 @@ class RawFrameDataset(_ClipDataset):
         return RawFrameReader(
             str(self._paths[index]), int(self._num_frames[index]), self.filename_tmpl, self.start_index
         )
+
+
+def collate_clips(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """DataLoader collate for (clip, label) items that keeps each clip's memory order.
+
+    The standard transform's uint8 clips are (C, T, H, W) views of channels-last frames;
+    default_collate would stack them into a contiguous batch, a transposing copy in the worker.
+    Here they are copied as they lie (the batch comes out channels_last_3d) and the device
+    transposes while normalizing (`normalize_views`). Float clips go through default_collate.
+    """
+    clips = [item[0] for item in batch]
+    if clips[0].dtype != torch.uint8:
+        return default_collate(batch)
+    elem = clips[0]
+    order = sorted(range(elem.dim()), key=lambda d: -elem.stride(d))  # outermost first
+    shape = [len(clips)] + [elem.shape[d] for d in order]
+    if get_worker_info() is not None:  # a worker: the batch goes straight into shared memory,
+        # as default_collate does it (share_memory_() on a finished batch would copy it again)
+        storage = elem._typed_storage()._new_shared(math.prod(shape), device=elem.device)
+        out = elem.new(storage).resize_(shape)
+    else:
+        out = torch.empty(shape, dtype=elem.dtype)
+    for target, clip in zip(out, clips):
+        target.copy_(clip.permute(order))
+    inverse = [0] + [1 + order.index(d) for d in range(elem.dim())]
+    labels = torch.tensor([int(item[1]) for item in batch], dtype=torch.int64)
+    return out.permute(inverse), labels
 
 
 class ResumableSampler(Sampler):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as F
 
@@ -160,14 +159,17 @@ class TrainTransform:
     def __call__(self, video: torch.Tensor, generator: torch.Generator | None = None,
                  normalize: bool = True) -> torch.Tensor:
         """uint8 (T, C, H, W) -> float32 (C, T, crop_size, crop_size); with normalize=False the
-        uint8 pixels (C, T, crop_size, crop_size), to be finished by `normalize_views`."""
+        uint8 pixels (C, T, crop_size, crop_size) in the input's memory order (a permuted view
+        of channels-last frames), to be finished by `normalize_views`."""
         box = self.crop_box(video.shape[-2], video.shape[-1], generator)
         clip = F.resize(crop(video, box), [self.crop_size, self.crop_size], antialias=True)
-        flip = self.flip_prob > 0 and float(torch.rand((), generator=generator)) < self.flip_prob
-        if not normalize:  # flip and (C, T, H, W) transpose in one copy (numpy takes a reversed view)
-            cthw = clip.permute(1, 0, 2, 3).numpy()
-            return torch.from_numpy(np.ascontiguousarray(cthw[..., ::-1] if flip else cthw))
-        return to_normalized_clip(clip.flip(-1) if flip else clip, self.mean, self.std)
+        if self.flip_prob > 0 and float(torch.rand((), generator=generator)) < self.flip_prob:
+            clip = clip.flip(-1)
+        if not normalize:
+            # (C, T, H, W) as a view: the frames' channels-last memory is kept (no transposing
+            # copy in the worker); datasets.collate_clips batches it as channels_last_3d
+            return clip.permute(1, 0, 2, 3)
+        return to_normalized_clip(clip, self.mean, self.std)
 
 
 @dataclass
