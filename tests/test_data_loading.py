@@ -159,3 +159,32 @@ def test_pyav_decodes_on_through_keyframes_and_seeks_across_gaps(tmp_path, video
         frames = reader.get_frames(sparse)
         assert [video_tools.frame_index(f.numpy()) for f in frames] == sparse
         assert reader.frames_decoded <= 3 + pyav_backend.SEEK_GAP + (100 - 96 + 1) + 8
+
+
+@pytest.mark.parametrize("backend", ["auto", "pyav"])
+def test_crop_at_decode_gives_the_crop_of_the_decoded_frames(clip_data, backend):
+    with VideoReader(clip_data / "v1.mp4", backend=backend) as reader:
+        assert reader.frame_size == (48, 64)
+        indices = [7, 3, 3, 30, 12]
+        full = reader.get_frames(indices)
+        box = (5, 9, 30, 41)
+        assert torch.equal(reader.get_frames(indices, crop=box), full[:, 5:35, 9:50])
+        with pytest.raises(ValueError, match="outside"):
+            reader.get_frames(indices, crop=(20, 0, 30, 10))
+
+
+def test_training_item_equals_the_transform_of_the_whole_frames(clip_data):
+    """The dataset cuts the crop while decoding; the item is what the transform makes of
+    the whole decoded frames with the same draws (seed, epoch, index)."""
+    from snvideo.data import train_clip_indices
+
+    ds = dataset(clip_data, normalize=False)
+    for index, epoch in [(0, 0), (4, 2), (5, 7)]:
+        rng = np.random.default_rng([ds.seed, epoch, index])
+        with VideoReader(ds.video_path(index), backend="pyav") as reader:
+            clip_indices = train_clip_indices(len(reader), ds.clip_len, ds.frame_interval, 1, rng)
+            frames = reader.get_frames(clip_indices.reshape(-1)).permute(0, 3, 1, 2)
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        expected = ds.transform(frames, generator, normalize=False)
+        clip, _ = ds[(index, epoch)]
+        assert torch.equal(clip, expected)

@@ -119,6 +119,9 @@ def test_auto_uses_decord_where_pyav_has_no_exact_index_but_decord_is_sound(tmp_
             assert reader.backend == "decord", reader.fallback_reason
             for indices in index_sets(seed=3):
                 check_frames(reader, indices, video_tools)
+            assert reader.frame_size == (48, 64)  # from PyAV's header, for crops at decode
+            full = reader.get_frames([9, 2, 2])
+            assert torch.equal(reader.get_frames([9, 2, 2], crop=(4, 8, 40, 48)), full[:, 4:44, 8:56])
     finally:
         pyav_backend.build_index = real
 

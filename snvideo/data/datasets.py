@@ -188,10 +188,21 @@ class _ClipDataset(Dataset):
             if num_frames < 1:
                 raise VideoReadError(reader.path, "no frames")
             indices = train_clip_indices(num_frames, self.clip_len, self.frame_interval, self.num_clips, rng)
-            frames = reader.get_frames(indices.reshape(-1))
+            size = getattr(reader, "frame_size", None)
+            standard = isinstance(self.transform, TrainTransform)
+            if standard:
+                generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+            if standard and size is not None:
+                # the box from the header's frame size, cut as each frame is decoded: the same
+                # draws, pixels and result as cropping the decoded frames
+                box = self.transform.crop_box(*size, generator)
+                frames = reader.get_frames(indices.reshape(-1), crop=box)
+            else:
+                frames = reader.get_frames(indices.reshape(-1))
         video = frames.permute(0, 3, 1, 2)  # (num_clips * T, C, H, W), channels-last memory
-        if isinstance(self.transform, TrainTransform):
-            generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        if standard and size is not None:
+            clip = self.transform.apply_to_crop(video, generator, normalize=self.normalize)
+        elif standard:
             clip = self.transform(video, generator, normalize=self.normalize)
         else:
             clip = self.transform(tv_tensors.Video(video))

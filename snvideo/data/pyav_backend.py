@@ -105,6 +105,8 @@ class PyAVBackend:
             context = self._stream.codec_context
             self.codec, self.has_b_frames = context.name, bool(context.has_b_frames)
             self.declared_frames = int(self._stream.frames or 0)
+            self.frame_size = (int(context.height), int(context.width))  # from the header
+            self._box = None
             self._index = build_index(self._container, self._stream)
             self.frames_present = self._index.num_frames
             # A header that declares more frames than the file holds means the file was cut short:
@@ -126,8 +128,11 @@ class PyAVBackend:
     def close(self) -> None:
         self._container.close()
 
-    def read(self, wanted: np.ndarray) -> torch.Tensor:
-        """Frames at sorted unique indices `wanted` as uint8 (len(wanted), H, W, 3)."""
+    def read(self, wanted: np.ndarray, box: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+        """Frames at sorted unique indices `wanted` as uint8 (len(wanted), H, W, 3); with
+        box = (top, left, height, width) only that part of each frame, cut right after its
+        RGB conversion (while it is in cache; only the box is copied into the batch)."""
+        self._box = box
         wanted = [int(i) for i in wanted]
         if wanted and wanted[-1] >= self.frames_present:
             missing = next(i for i in wanted if i >= self.frames_present)
@@ -138,10 +143,10 @@ class PyAVBackend:
         try:
             if self._index.exact:
                 try:
-                    return _stack(self._read_by_seeking(wanted))
+                    return _stack(self._read_by_seeking(wanted), box)
                 except _AddressingMismatch:
                     pass
-            return _stack(self._read_sequential(wanted))
+            return _stack(self._read_sequential(wanted), box)
         except av.FFmpegError as err:
             raise VideoReadError(self.path, f"cannot decode: {short_message(err)}") from err
 
@@ -159,7 +164,7 @@ class PyAVBackend:
                     raise _AddressingMismatch  # unknown pts, or the seek landed past the target
                 if current < target:
                     continue
-                frames.append(frame.to_ndarray(format="rgb24"))
+                frames.append(self._rgb(frame))
                 pos += 1
                 if pos == len(wanted):
                     break
@@ -182,19 +187,33 @@ class PyAVBackend:
                 self.frames_decoded += 1
                 count += 1
                 if count - 1 == wanted[pos]:
-                    frames.append(frame.to_ndarray(format="rgb24"))
+                    frames.append(self._rgb(frame))
                     pos += 1
                     if pos == len(wanted):
                         return frames
         raise VideoReadError(self.path, f"cannot decode frame {wanted[pos]}: stream ended after {count} frames")
 
 
+    def _rgb(self, frame) -> np.ndarray:
+        array = frame.to_ndarray(format="rgb24")
+        if self._box is None:
+            return array
+        if array.shape[:2] != self.frame_size:
+            raise VideoReadError(self.path, f"cannot decode: a {array.shape[1]}x{array.shape[0]} frame in a "
+                                            f"{self.frame_size[1]}x{self.frame_size[0]} stream")
+        top, left, height, width = self._box
+        return array[top : top + height, left : left + width]
+
+
 class _AddressingMismatch(Exception):
     """Timestamps did not behave; fall back to counting frames from the start."""
 
 
-def _stack(frames: list[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack(frames)) if frames else torch.empty((0, 0, 0, 3), dtype=torch.uint8)
+def _stack(frames: list[np.ndarray], box: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    if frames:
+        return torch.from_numpy(np.stack(frames))
+    height, width = (box[2], box[3]) if box else (0, 0)
+    return torch.empty((0, height, width, 3), dtype=torch.uint8)
 
 
 def _stream_fps(stream, num_frames: int) -> float:

@@ -162,7 +162,14 @@ class TrainTransform:
         uint8 pixels (C, T, crop_size, crop_size) in the input's memory order (a permuted view
         of channels-last frames), to be finished by `normalize_views`."""
         box = self.crop_box(video.shape[-2], video.shape[-1], generator)
-        clip = F.resize(crop(video, box), [self.crop_size, self.crop_size], antialias=True)
+        return self.apply_to_crop(crop(video, box), generator, normalize)
+
+    def apply_to_crop(self, cropped: torch.Tensor, generator: torch.Generator | None = None,
+                      normalize: bool = True) -> torch.Tensor:
+        """What __call__ does after drawing the box: `cropped` (T, C, h, w) holds the frames'
+        box (e.g. cut by the decoder, `VideoReader.get_frames(..., crop=box)`), the generator
+        has drawn crop_box(H, W) already; resize, flip, and normalize unless normalize=False."""
+        clip = F.resize(cropped, [self.crop_size, self.crop_size], antialias=True)
         if self.flip_prob > 0 and float(torch.rand((), generator=generator)) < self.flip_prob:
             clip = clip.flip(-1)
         if not normalize:

@@ -95,6 +95,7 @@ class VideoReader:
         self.requested_backend = backend
         self.fallback_reason: str | None = None
         self.choice_reason: str | None = None
+        self._header_size: tuple[int, int] | None = None
         self.get_frames_calls = 0
         self.num_threads = num_threads
         _check_file(self.path)
@@ -121,6 +122,7 @@ class VideoReader:
             else:
                 self.fallback_reason = decord_untrusted_reason(probe, backend)
                 if self.fallback_reason is None:
+                    self._header_size = pyav.frame_size
                     pyav.close()
                     self.choice_reason = "decord (PyAV's timestamps are unusable, decord's index is sound)"
                     return backend
@@ -145,9 +147,20 @@ class VideoReader:
     def __len__(self) -> int:
         return self._backend.num_frames
 
-    def get_frames(self, indices) -> torch.Tensor:
-        """uint8 RGB frames (len(indices), H, W, 3); each distinct frame is decoded once."""
+    @property
+    def frame_size(self) -> tuple[int, int] | None:
+        """(height, width) of the frames from the container header, before decoding anything;
+        None when unknown (decord chosen explicitly)."""
+        return getattr(self._backend, "frame_size", None) or self._header_size
+
+    def get_frames(self, indices, crop: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+        """uint8 RGB frames (len(indices), H, W, 3); each distinct frame is decoded once.
+
+        crop = (top, left, height, width) inside `frame_size` returns only that box of every
+        frame, cut as each frame is converted (a training crop chosen before decoding)."""
         self.get_frames_calls += 1
+        if crop is not None:
+            _check_box(self.path, crop, self.frame_size)
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if indices.size == 0:
             raise ValueError("get_frames needs at least one frame index")
@@ -155,16 +168,16 @@ class VideoReader:
             bad = int(indices[(indices < 0) | (indices >= len(self))][0])
             raise IndexError(f"frame index {bad} out of range for {self.path} ({len(self)} frames)")
         wanted, order = np.unique(indices, return_inverse=True)
-        frames = self._read(wanted)
+        frames = self._read(wanted, crop)
         if frames.shape[0] != wanted.size:  # never hand back fewer frames than asked for
             raise VideoReadError(self.path, f"cannot decode: got {frames.shape[0]} of {wanted.size} frames")
         if wanted.size == indices.size and np.array_equal(wanted, indices):
             return frames
         return frames[torch.from_numpy(order.reshape(-1))]
 
-    def _read(self, wanted: np.ndarray) -> torch.Tensor:
+    def _read(self, wanted: np.ndarray, crop=None) -> torch.Tensor:
         try:
-            return self._backend.read(wanted)
+            return self._backend.read(wanted, crop)
         except VideoReadError as err:
             if self.requested_backend != "auto" or self._backend.name != "decord":
                 raise
@@ -175,7 +188,7 @@ class VideoReader:
             self._backend = PyAVBackend(self.path, self.num_threads)
             if self._backend.num_frames < wanted[-1] + 1:
                 raise VideoReadError(self.path, err.reason) from err
-            return self._backend.read(wanted)
+            return self._backend.read(wanted, crop)
 
     def close(self) -> None:
         self._backend.close()
@@ -188,6 +201,14 @@ class VideoReader:
 
     def __repr__(self) -> str:
         return f"VideoReader({self.path!r}, backend={self.backend!r}, frames={len(self)}, fps={self.fps:.3f})"
+
+
+def _check_box(path: str, box: tuple[int, int, int, int], size: tuple[int, int] | None) -> None:
+    if size is None:
+        raise ValueError(f"{path}: crop needs the frame size, unknown before decoding with this backend")
+    top, left, height, width = box
+    if height < 1 or width < 1 or top < 0 or left < 0 or top + height > size[0] or left + width > size[1]:
+        raise ValueError(f"{path}: crop {box} outside the {size[1]}x{size[0]} frames")
 
 
 def _check_file(path: str) -> None:
