@@ -23,12 +23,11 @@ import logging
 import os
 from dataclasses import dataclass
 
-import av
 import numpy as np
 import torch
 
 from .decord_backend import DecordBackend, decord
-from .errors import VideoReadError, short_message
+from .errors import VideoReadError
 from .pyav_backend import PyAVBackend
 
 logger = logging.getLogger("snvideo.data")
@@ -38,32 +37,12 @@ BACKENDS = ("auto", "decord", "pyav")
 
 @dataclass(frozen=True)
 class ContainerProbe:
-    """What the container header says about the first video stream (no frames decoded)."""
+    """What the container header says about the first video stream (PyAVBackend reads it
+    while opening, before decoding anything)."""
 
     codec: str
     has_b_frames: bool
     declared_frames: int  # 0 when the container does not store a count (Matroska/WebM)
-
-
-def probe_container(path: str) -> ContainerProbe:
-    """Read the container header with PyAV; raises VideoReadError for non-video files.
-
-    Only the MPEG-4 Part 2 decoder may run during stream probing: it is the one codec whose
-    B-frame flag we need, and skipping the others keeps the probe well under a millisecond.
-    """
-    try:
-        with av.open(path, metadata_errors="ignore", options={"codec_whitelist": "mpeg4"}) as container:
-            if not container.streams.video:
-                raise VideoReadError(path, "no video stream")
-            stream = container.streams.video[0]
-            context = stream.codec_context
-            return ContainerProbe(
-                codec=context.name if context is not None else "unknown",
-                has_b_frames=bool(context is not None and context.has_b_frames),
-                declared_frames=int(stream.frames or 0),
-            )
-    except av.FFmpegError as err:
-        raise VideoReadError(path, f"cannot decode: {short_message(err)}") from err
 
 
 def decord_untrusted_reason(probe: ContainerProbe, backend: DecordBackend) -> str | None:
