@@ -4,8 +4,9 @@ Training items are (clip (C, T, H, W) float, label); with num_clips > 1, (num_cl
 Test items are all views of the video, (num_clips * num_crops, C, T, H, W), clip-major.
 normalize=False keeps the standard transforms' clips and views uint8 (a quarter of the bytes
 for DataLoader workers to ship); `transforms.normalize_views` with the transform's mean/std
-finishes them on the training device (train.py and the evaluator do). A custom transform's
-output is returned as it is either way.
+finishes them on the training device (train.py and the evaluator do); `collate_clips` batches
+the training clips without reordering their memory. A custom transform's output is returned as
+it is either way.
 
 Bad videos never stop training: a video that cannot be read is logged once (per process),
 counted, and replaced by another random sample (up to max_retries times). The count lives in

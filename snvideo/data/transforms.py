@@ -5,9 +5,10 @@ resized as uint8 (torchvision's fast path for channels-last uint8, which is the 
 decoded frames already have), and cropping happens before resizing so only kept pixels are
 resized. Normalization (ImageNet mean/std on [0, 1] values) goes into one preallocated output:
 a single transposing uint8 -> float copy to (C, T, H, W), then in-place per-channel scaling.
-Training clips and test views can instead stay uint8 (`TrainTransform(..., normalize=False)`,
-`TestTransform.views(..., normalize=False)`): a quarter of the bytes to ship from a DataLoader
-worker, normalized once on the training device by `normalize_views`, with the same arithmetic.
+Training clips and test views can instead stay uint8 (`train_transform(...)(video, generator,
+normalize=False)`, `TestTransform.views(..., normalize=False)`): a quarter of the bytes to ship
+from a DataLoader worker, normalized once on the training device by `normalize_views`, with the
+same arithmetic.
 """
 from __future__ import annotations
 
