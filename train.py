@@ -24,8 +24,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from snvideo.config import Config, ConfigError, TestConfig, load_config, save_config
-from snvideo.data.datasets import ResumableSampler
+from snvideo.data.datasets import ResumableSampler, collate_clips
 from snvideo.engine import builders
+from snvideo.engine.batches import model_inputs, to_model_input
 from snvideo.engine.checkpoint import (all_finite, prune_epoch_checkpoints,
                                        remove_stale_temporaries, rng_state, save_checkpoint,
                                        set_rng_state, unwrap)
@@ -211,7 +212,9 @@ def train(cfg: Config, args: argparse.Namespace, env: DistEnv) -> int:
                 return stopped(env, cfg, epoch)
             failed = totals.failed + int(all_reduce_sum([train_set.num_failed], env)[0])
             if t.sn_batch_average:
-                recompute_norm_stats(model, loader, t.sn_batch_average_batches)
+                recompute_norm_stats(model, model_inputs(loader, env.device, train_set.transform,
+                                                         t.channels_last),
+                                     t.sn_batch_average_batches)
             record = {"epoch": epoch + 1, "train_loss": totals.loss_sum / max(totals.loss_count, 1),
                       "nonfinite_skipped": totals.nonfinite_skipped,
                       "epoch_time_s": round(totals.time_s, 1), "unreadable_videos": failed}
@@ -263,6 +266,7 @@ def make_train_loader(dataset, cfg: Config, env: DistEnv) -> DataLoader:
     workers = cfg.data.num_workers
     return DataLoader(dataset, batch_size=cfg.data.batch_size, sampler=sampler,
                       num_workers=workers, drop_last=True, pin_memory=env.device.type == "cuda",
+                      collate_fn=collate_clips,
                       persistent_workers=workers > 0,
                       generator=torch.Generator().manual_seed(cfg.train.seed))
 
@@ -302,9 +306,9 @@ def train_one_epoch(model: nn.Module, ddp, loader: DataLoader, optimizer, schedu
     for step, (clips, labels) in enumerate(loader, start=start_batch):
         if step >= micro_batches:
             break
-        clips = clips.to(env.device, non_blocking=True)
-        if t.channels_last:
-            clips = clips.contiguous(memory_format=torch.channels_last_3d)
+        # uint8 from the workers (the standard transform): normalized once, on the device
+        clips = to_model_input(clips, env.device, getattr(loader.dataset, "transform", None),
+                               t.channels_last)
         labels = labels.to(env.device, non_blocking=True)
         last_in_group = (step + 1) % t.accumulate == 0
         no_sync = ddp.no_sync() if ddp is not None and not last_in_group else contextlib.nullcontext()

@@ -469,7 +469,8 @@ def section_decode(section: Section, s: Settings, done: dict) -> None:
             f.write("v.mp4 0\n")
         dataset = VideoDataset(os.path.join(root, "list.txt"), root, clip_len=d.clip_len,
                                frame_interval=d.frame_interval, short_side=d.short_side,
-                               crop_size=d.crop_size, backend=d.backend)
+                               crop_size=d.crop_size, backend=d.backend, normalize=False,
+                               decode_threads=d.decode_threads)  # as train.py's workers
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # what one DataLoader worker has
         try:
@@ -487,7 +488,7 @@ def section_decode(section: Section, s: Settings, done: dict) -> None:
                         f"{frames_count} frames", clip=f"{d.clip_len}x{d.frame_interval}",
                         backend=d.backend, shipped_num_workers=d.num_workers)
     section.lines += [f"one process, one thread (a DataLoader worker), VideoDataset training "
-                      f"items (decode + sample + train_transform {d.short_side}/{d.crop_size}) of "
+                      f"items (decode + sample + train_transform {d.short_side}/{d.crop_size}, uint8) of "
                       f"{d.clip_len}x{d.frame_interval} clips from a {width}x{height} {fps} fps "
                       f"H.264 video (default GOP), backend {d.backend}: "
                       f"**{per_worker:.2f} clips/s per worker** (median of {len(times)})", ""]

@@ -57,6 +57,7 @@ class DataConfig:
     short_side: int = 256
     crop_size: int = 224
     backend: str = "auto"                 # auto | decord | pyav
+    decode_threads: int = 1               # decoder threads per DataLoader worker (0: decoder's choice)
     # options of snvideo.data.train_transform: mode (rrc | jitter), area_range, aspect_range,
     # max_short_side, flip_prob (0 for datasets where left/right carries the label)
     train_aug: dict = field(default_factory=dict)

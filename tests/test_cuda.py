@@ -1,7 +1,7 @@
 """CUDA checks (pytest marker `cuda`; skipped without a GPU; benchmarks/gpu_check.py runs them):
 Triton vs eager vs float64 at realistic shapes, fp16 + GradScaler and bf16 training steps,
 channels_last_3d, an nccl single-process group with SyncSwitchNorm, compile + checkpointing
-with the Triton op, recompute_norm_stats free of host syncs, uint8 views normalized on the GPU.
+with the Triton op, recompute_norm_stats free of host syncs, uint8 views and training batches normalized on the GPU.
 
 This module imports nothing that needs a video decoder: the GPU machine may have none."""
 from __future__ import annotations
@@ -208,6 +208,26 @@ def test_uint8_views_normalized_on_the_gpu_under_bf16_and_channels_last():
     model.to(memory_format=torch.channels_last_3d)
     fast = predict_views(model, views, 4, "prob", DEVICE, amp="bf16", channels_last=True)
     torch.testing.assert_close(fast, expected, rtol=0, atol=0.02)
+
+
+def test_uint8_training_batches_normalized_on_the_gpu():
+    """What train.py does with collate_clips' channels_last_3d uint8 batch: pinned, moved,
+    normalized on the GPU; equal to the CPU float pipeline within float32 rounding."""
+    pytest.importorskip("av")  # snvideo.data imports PyAV
+    from snvideo.data.datasets import collate_clips
+    from snvideo.data.transforms import normalize_views
+    from snvideo.engine.batches import to_model_input
+
+    frames = torch.randint(0, 256, (3, 8, 3, 32, 32), dtype=torch.uint8)  # items (T, C, H, W)
+    items = [(f.contiguous(memory_format=torch.channels_last).permute(1, 0, 2, 3), 0)
+             for f in frames]
+    batch, _ = collate_clips(items)
+    expected = normalize_views(batch.contiguous(), (0.4, 0.5, 0.6), (0.2, 0.3, 0.25))
+    transform = type("T", (), {"mean": (0.4, 0.5, 0.6), "std": (0.2, 0.3, 0.25)})()
+    for channels_last in (False, True):
+        got = to_model_input(batch.pin_memory(), torch.device(DEVICE), transform, channels_last)
+        assert got.dtype == torch.float32 and got.device.type == "cuda"
+        torch.testing.assert_close(got.cpu(), expected, rtol=1e-6, atol=1e-6)
 
 
 def test_cudnn_benchmark_helper():

@@ -85,18 +85,51 @@ def test_len_and_fps(videos, name, backend):
         assert reader.fps == pytest.approx(FPS)
 
 
-@needs_decord
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_auto_uses_decord_when_its_index_is_sound(videos, name):
+@pytest.mark.parametrize("name", sorted(CASES) + ["live.webm"])
+def test_auto_seeks_with_pyav_when_its_index_is_exact(videos, name):
     with VideoReader(videos[name]) as reader:
-        assert reader.backend == "decord", reader.fallback_reason
+        assert reader.backend == "pyav" and reader._backend.seeks_exactly, reader.choice_reason
+        assert reader.fallback_reason is None
+
+
+def test_auto_rules_decord_out_where_pyav_must_count_frames(videos):
+    """h264 in AVI with B-frames: no usable timestamps for PyAV, and decord seeks blindly."""
+    with VideoReader(videos["h264_bframes.avi"]) as reader:
+        assert reader.backend == "pyav" and not reader._backend.seeks_exactly
+        if decord is not None:
+            assert reader.fallback_reason
+
+
+@needs_decord
+def test_auto_uses_decord_where_pyav_has_no_exact_index_but_decord_is_sound(tmp_path, video_tools):
+    """AVI without B-frames but one repeated timestamp would do; here: a PyAV index made
+    inexact by hand, on a file decord reads right, must give decord and the right frames."""
+    from snvideo.data import pyav_backend
+
+    path = video_tools.write_video(tmp_path / "plain.mp4", options={"g": "12", "bf": "0"})
+    real = pyav_backend.build_index
+
+    def inexact(container, stream):
+        index = real(container, stream)
+        return pyav_backend.PacketIndex(num_frames=index.num_frames, packets_seen=index.packets_seen)
+
+    pyav_backend.build_index = inexact
+    try:
+        with VideoReader(path) as reader:
+            assert reader.backend == "decord", reader.fallback_reason
+            for indices in index_sets(seed=3):
+                check_frames(reader, indices, video_tools)
+            assert reader.frame_size == (48, 64)  # from PyAV's header, for crops at decode
+            full = reader.get_frames([9, 2, 2])
+            assert torch.equal(reader.get_frames([9, 2, 2], crop=(4, 8, 40, 48)), full[:, 4:44, 8:56])
+    finally:
+        pyav_backend.build_index = real
 
 
 @pytest.mark.parametrize("name", sorted(DECORD_TRAPS))
-def test_auto_falls_back_to_pyav_where_decord_is_wrong(videos, video_tools, name):
+def test_auto_reads_the_right_frames_where_decord_is_wrong(videos, video_tools, name):
     with VideoReader(videos[name]) as reader:
-        if decord is not None:
-            assert reader.backend == "pyav" and reader.fallback_reason
+        assert reader.backend == "pyav"
         assert len(reader) == NUM_FRAMES
         for indices in index_sets(seed=7):
             check_frames(reader, indices, video_tools)

@@ -2,6 +2,11 @@
 
 Training items are (clip (C, T, H, W) float, label); with num_clips > 1, (num_clips, C, T, H, W).
 Test items are all views of the video, (num_clips * num_crops, C, T, H, W), clip-major.
+normalize=False keeps the standard transforms' clips and views uint8 (a quarter of the bytes
+for DataLoader workers to ship); `transforms.normalize_views` with the transform's mean/std
+finishes them on the training device (train.py and the evaluator do); `collate_clips` batches
+the training clips without reordering their memory. A custom transform's output is returned as
+it is either way.
 
 Bad videos never stop training: a video that cannot be read is logged once (per process),
 counted, and replaced by another random sample (up to max_retries times). The count lives in
@@ -18,6 +23,7 @@ results do not depend on data.num_workers. A plain int index mixes in torch's RN
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 from multiprocessing import context as mp_context
@@ -25,7 +31,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
+from torch.utils.data import default_collate
 from torchvision import tv_tensors
 
 from .annotations import Annotations, load_annotations, load_rawframe_annotations, write_label_map
@@ -91,7 +98,9 @@ class _ClipDataset(Dataset):
         max_retries: int,
         seed: int,
         source: str,
+        normalize: bool = True,
     ):
+        self.normalize = normalize
         self.clip_len, self.frame_interval, self.num_clips = clip_len, frame_interval, num_clips
         self.test_mode = test_mode
         self.short_side, self.crop_size, self.num_crops = short_side, crop_size, num_crops
@@ -156,7 +165,7 @@ class _ClipDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, epoch = key if isinstance(key, tuple) else (key, None)
         if self.test_mode:
-            return self.test_views(index)
+            return self.test_views(index, normalize=self.normalize)
         if epoch is None:  # torch's RNG (seeded per DataLoader worker) mixed with `seed`
             rng = np.random.default_rng([self.seed, index, int(torch.randint(2**62, ()))])
         else:  # a function of the sample alone: see the module docstring
@@ -180,11 +189,22 @@ class _ClipDataset(Dataset):
             if num_frames < 1:
                 raise VideoReadError(reader.path, "no frames")
             indices = train_clip_indices(num_frames, self.clip_len, self.frame_interval, self.num_clips, rng)
-            frames = reader.get_frames(indices.reshape(-1))
+            size = getattr(reader, "frame_size", None)
+            standard = isinstance(self.transform, TrainTransform)
+            if standard:
+                generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+            if standard and size is not None:
+                # the box from the header's frame size, cut as each frame is decoded: the same
+                # draws, pixels and result as cropping the decoded frames
+                box = self.transform.crop_box(*size, generator)
+                frames = reader.get_frames(indices.reshape(-1), crop=box)
+            else:
+                frames = reader.get_frames(indices.reshape(-1))
         video = frames.permute(0, 3, 1, 2)  # (num_clips * T, C, H, W), channels-last memory
-        if isinstance(self.transform, TrainTransform):
-            generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-            clip = self.transform(video, generator)
+        if standard and size is not None:
+            clip = self.transform.apply_to_crop(video, generator, normalize=self.normalize)
+        elif standard:
+            clip = self.transform(video, generator, normalize=self.normalize)
         else:
             clip = self.transform(tv_tensors.Video(video))
         if self.num_clips == 1:
@@ -214,7 +234,9 @@ class VideoDataset(_ClipDataset):
     relative to that folder).
 
     transform=None applies train_transform(short_side, crop_size) in training and
-    test_transform(short_side, crop_size, num_crops) in test mode. A custom transform gets a
+    test_transform(short_side, crop_size, num_crops) in test mode; normalize=False keeps their
+    output uint8 (see the module docstring). decode_threads: decoder threads per open video
+    (1: DataLoader workers are the parallelism; 0: the decoder's choice). A custom transform gets a
     tv_tensors.Video of uint8 frames (T, C, H, W) and returns a float clip (C, T, H, W) (test
     mode: (C, T, H, W) or (crops, C, T, H, W) per clip). With num_clips > 1, training clips are
     transformed together (one crop for all) and returned as (num_clips, C, T, H, W).
@@ -238,8 +260,11 @@ class VideoDataset(_ClipDataset):
         seed: int = 0,
         classes_file: str | os.PathLike | None = None,
         split: int | None = None,
+        normalize: bool = True,
+        decode_threads: int = 1,
     ):
         self.ann_file, self.root, self.backend = os.fspath(ann_file), os.fspath(root), backend
+        self.decode_threads = decode_threads
         annotations = load_annotations(ann_file, root, classes, classes_file=classes_file, split=split,
                                        subset="test" if test_mode else "train")
         self.format = annotations.format
@@ -248,10 +273,11 @@ class VideoDataset(_ClipDataset):
         super().__init__(
             annotations, clip_len, frame_interval, num_clips, test_mode, transform,
             short_side, crop_size, num_crops, max_retries, seed, source=self.ann_file,
+            normalize=normalize,
         )
 
     def open(self, index: int) -> VideoReader:
-        return VideoReader(str(self._paths[index]), backend=self.backend)
+        return VideoReader(str(self._paths[index]), backend=self.backend, num_threads=self.decode_threads)
 
 
 class RawFrameDataset(_ClipDataset):
@@ -274,6 +300,7 @@ class RawFrameDataset(_ClipDataset):
         seed: int = 0,
         filename_tmpl: str = "img_{:05d}.jpg",
         start_index: int = 1,
+        normalize: bool = True,
     ):
         self.ann_file, self.root = os.fspath(ann_file), os.fspath(root)
         self.filename_tmpl, self.start_index = filename_tmpl, start_index
@@ -282,12 +309,40 @@ class RawFrameDataset(_ClipDataset):
         super().__init__(
             annotations, clip_len, frame_interval, num_clips, test_mode, transform,
             short_side, crop_size, num_crops, max_retries, seed, source=self.ann_file,
+            normalize=normalize,
         )
 
     def open(self, index: int) -> RawFrameReader:
         return RawFrameReader(
             str(self._paths[index]), int(self._num_frames[index]), self.filename_tmpl, self.start_index
         )
+
+
+def collate_clips(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """DataLoader collate for (clip, label) items that keeps each clip's memory order.
+
+    The standard transform's uint8 clips are (C, T, H, W) views of channels-last frames;
+    default_collate would stack them into a contiguous batch, a transposing copy in the worker.
+    Here they are copied as they lie (the batch comes out channels_last_3d) and the device
+    transposes while normalizing (`normalize_views`). Float clips go through default_collate.
+    """
+    clips = [item[0] for item in batch]
+    if clips[0].dtype != torch.uint8:
+        return default_collate(batch)
+    elem = clips[0]
+    order = sorted(range(elem.dim()), key=lambda d: -elem.stride(d))  # outermost first
+    shape = [len(clips)] + [elem.shape[d] for d in order]
+    if get_worker_info() is not None:  # a worker: the batch goes straight into shared memory,
+        # as default_collate does it (share_memory_() on a finished batch would copy it again)
+        storage = elem._typed_storage()._new_shared(math.prod(shape), device=elem.device)
+        out = elem.new(storage).resize_(shape)
+    else:
+        out = torch.empty(shape, dtype=elem.dtype)
+    for target, clip in zip(out, clips):
+        target.copy_(clip.permute(order))
+    inverse = [0] + [1 + order.index(d) for d in range(elem.dim())]
+    labels = torch.tensor([int(item[1]) for item in batch], dtype=torch.int64)
+    return out.permute(inverse), labels
 
 
 class ResumableSampler(Sampler):

@@ -47,15 +47,20 @@ class DecordBackend:
             return "decord's frame timestamps are not increasing"
         return None
 
-    def read(self, wanted: np.ndarray) -> torch.Tensor:
-        """Frames at sorted unique indices `wanted` as uint8 (len(wanted), H, W, 3)."""
+    def read(self, wanted: np.ndarray, box: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+        """Frames at sorted unique indices `wanted` as uint8 (len(wanted), H, W, 3); `box`
+        (top, left, height, width) cuts a view of them (decord decodes whole frames)."""
         try:
             batch = self._reader.get_batch([int(i) for i in wanted])
             self._reader.seek(0)
         except Exception as err:  # decord raises DECORDError or a bare RuntimeError
             raise VideoReadError(self.path, f"cannot decode: {short_message(err)}") from err
         self.frames_decoded += len(wanted)
-        return torch.utils.dlpack.from_dlpack(batch.to_dlpack())  # zero-copy hand-over
+        frames = torch.utils.dlpack.from_dlpack(batch.to_dlpack())  # zero-copy hand-over
+        if box is None:
+            return frames
+        top, left, height, width = box
+        return frames[:, top : top + height, left : left + width]
 
     def close(self) -> None:
         self._reader = None

@@ -5,8 +5,10 @@ resized as uint8 (torchvision's fast path for channels-last uint8, which is the 
 decoded frames already have), and cropping happens before resizing so only kept pixels are
 resized. Normalization (ImageNet mean/std on [0, 1] values) goes into one preallocated output:
 a single transposing uint8 -> float copy to (C, T, H, W), then in-place per-channel scaling.
-Test views can instead stay uint8 (`TestTransform.views(..., normalize=False)`) and be
-normalized on the device by `normalize_views`, with the same arithmetic.
+Training clips and test views can instead stay uint8 (`train_transform(...)(video, generator,
+normalize=False)`, `TestTransform.views(..., normalize=False)`): a quarter of the bytes to ship
+from a DataLoader worker, normalized once on the training device by `normalize_views`, with the
+same arithmetic.
 """
 from __future__ import annotations
 
@@ -155,12 +157,26 @@ class TrainTransform:
         left = int(torch.randint(0, width - side + 1, (1,), generator=generator))
         return top, left, side, side
 
-    def __call__(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """uint8 (T, C, H, W) -> float32 (C, T, crop_size, crop_size)."""
+    def __call__(self, video: torch.Tensor, generator: torch.Generator | None = None,
+                 normalize: bool = True) -> torch.Tensor:
+        """uint8 (T, C, H, W) -> float32 (C, T, crop_size, crop_size); with normalize=False the
+        uint8 pixels (C, T, crop_size, crop_size) in the input's memory order (a permuted view
+        of channels-last frames), to be finished by `normalize_views`."""
         box = self.crop_box(video.shape[-2], video.shape[-1], generator)
-        clip = F.resize(crop(video, box), [self.crop_size, self.crop_size], antialias=True)
+        return self.apply_to_crop(crop(video, box), generator, normalize)
+
+    def apply_to_crop(self, cropped: torch.Tensor, generator: torch.Generator | None = None,
+                      normalize: bool = True) -> torch.Tensor:
+        """What __call__ does after drawing the box: `cropped` (T, C, h, w) holds the frames'
+        box (e.g. cut by the decoder, `VideoReader.get_frames(..., crop=box)`), the generator
+        has drawn crop_box(H, W) already; resize, flip, and normalize unless normalize=False."""
+        clip = F.resize(cropped, [self.crop_size, self.crop_size], antialias=True)
         if self.flip_prob > 0 and float(torch.rand((), generator=generator)) < self.flip_prob:
             clip = clip.flip(-1)
+        if not normalize:
+            # (C, T, H, W) as a view: the frames' channels-last memory is kept (no transposing
+            # copy in the worker); datasets.collate_clips batches it as channels_last_3d
+            return clip.permute(1, 0, 2, 3)
         return to_normalized_clip(clip, self.mean, self.std)
 
 

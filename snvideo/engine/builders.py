@@ -137,10 +137,18 @@ def _is_class_folders(path: str) -> bool:
         return False
 
 
+def check_decode_threads(cfg: Config) -> None:
+    if cfg.data.decode_threads < 0:
+        raise ConfigError(f"data.decode_threads must be >= 0 (0: the decoder's choice), "
+                          f"got {cfg.data.decode_threads}")
+
+
 def train_dataset(cfg: Config):
+    """Training clips stay uint8 in the workers; train.py normalizes them on its device."""
     from snvideo.data import VideoDataset, train_transform
 
     d = cfg.data
+    check_decode_threads(cfg)
     aug = {k: tuple(v) if isinstance(v, list) else v for k, v in d.train_aug.items()}
     try:
         transform = train_transform(d.short_side, d.crop_size, **aug)
@@ -150,7 +158,8 @@ def train_dataset(cfg: Config):
         return VideoDataset(d.train_ann, d.root, clip_len=d.clip_len, frame_interval=d.frame_interval,
                             num_clips=1, test_mode=False, transform=transform,
                             short_side=d.short_side, crop_size=d.crop_size, backend=d.backend,
-                            seed=cfg.train.seed, classes_file=d.classes_file, split=d.split)
+                            seed=cfg.train.seed, classes_file=d.classes_file, split=d.split,
+                            normalize=False, decode_threads=d.decode_threads)
     except ValueError as e:  # a malformed or ambiguous annotation: one line naming the file
         raise ConfigError(str(e).splitlines()[0]) from None
 
@@ -160,11 +169,13 @@ def eval_dataset(cfg: Config, ann_file: str, num_clips: int, num_crops: int, cla
     from snvideo.data import VideoDataset
 
     d = cfg.data
+    check_decode_threads(cfg)
     try:
         return VideoDataset(ann_file, d.root, clip_len=d.clip_len, frame_interval=d.frame_interval,
                             num_clips=num_clips, test_mode=True, short_side=d.short_side,
                             crop_size=d.crop_size, num_crops=num_crops, backend=d.backend,
-                            classes=classes, classes_file=d.classes_file, split=d.split)
+                            classes=classes, classes_file=d.classes_file, split=d.split,
+                            decode_threads=d.decode_threads)
     except ValueError as e:
         raise ConfigError(str(e).splitlines()[0]) from None
 
