@@ -1,11 +1,14 @@
 """decord decoding, plus the cheap checks that tell when its frame addressing cannot be trusted."""
 from __future__ import annotations
 
+import av  # noqa: F401  (before decord: see below)
 import numpy as np
 import torch
 
 from .errors import VideoReadError, short_message
 
+# decord bundles its own FFmpeg libraries. Loaded before PyAV's, they leave PyAV unable to open
+# some encoders (libvpx-vp9: "avcodec_open2 ... returned 22"), so PyAV is always imported first.
 try:
     import decord
 except ImportError:  # decord ships x86-64 Linux wheels only; PyAV is the decoder elsewhere
