@@ -22,7 +22,7 @@ import argparse
 import os
 import sys
 
-from snvideo.config import Config, ConfigError, build_config, load_config, parse_overrides
+from snvideo.config import Config, ConfigError, config_for_checkpoint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,23 +46,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def fail(message: str, status: int = 2) -> int:
     print(f"error: {message}", file=sys.stderr)
     return status
-
-
-def resolve_config(args: argparse.Namespace, checkpoint: dict) -> Config:
-    """--config (or the checkpoint's config) with the command-line overrides applied."""
-    if args.config:
-        return load_config(args.config, args.overrides)
-    raw = checkpoint.get("config")
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{args.checkpoint} has no saved config: pass --config")
-    merged = {key: dict(value) if isinstance(value, dict) else value for key, value in raw.items()}
-    for key, value in parse_overrides(args.overrides).items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key].update(value)
-        else:
-            merged[key] = value
-    source = "checkpoint config + overrides" if args.overrides else "<checkpoint config>"
-    return build_config(merged, source=source)
 
 
 def class_names(checkpoint: dict, checkpoint_path: str) -> list[str]:
@@ -209,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # not a torch file, or objects weights_only refuses
         return fail(f"cannot read checkpoint {args.checkpoint}: {str(e).splitlines()[0]}")
     try:
-        cfg = resolve_config(args, checkpoint)
+        cfg = config_for_checkpoint(args.config, args.overrides, checkpoint, args.checkpoint)
         names = class_names(checkpoint, args.checkpoint)
         model = load_model(cfg, checkpoint, names)
         if args.video:

@@ -45,24 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_config(args: argparse.Namespace, checkpoint: dict):
-    """--config (or the checkpoint's saved config) with the overrides applied, as test.py does."""
-    from snvideo.config import ConfigError, build_config, load_config, parse_overrides
-
-    if args.config:
-        return load_config(args.config, args.overrides)
-    raw = checkpoint.get("config")
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{args.checkpoint} has no saved config: pass --config")
-    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
-    for key, value in parse_overrides(args.overrides).items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key].update(value)
-        else:
-            merged[key] = value
-    return build_config(merged, source="checkpoint config + overrides")
-
-
 def load_model(cfg, checkpoint: dict):
     from snvideo.config import ConfigError
     from snvideo.engine.builders import model_from_config
@@ -143,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from snvideo.config import ConfigError
+    from snvideo.config import ConfigError, config_for_checkpoint
 
     if not os.path.isfile(args.checkpoint):
         raise UsageError(f"checkpoint not found: {args.checkpoint}")
@@ -158,7 +140,7 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as e:  # not a torch file, or objects weights_only refuses
         raise UsageError(f"cannot read checkpoint {args.checkpoint}: {str(e).splitlines()[0]}") from None
     try:
-        cfg = resolve_config(args, checkpoint)
+        cfg = config_for_checkpoint(args.config, args.overrides, checkpoint, args.checkpoint)
         if args.root is not None:
             cfg.data.root = args.root
         model = load_model(cfg, checkpoint)

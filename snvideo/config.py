@@ -233,6 +233,25 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> Config:
     return cfg
 
 
+def config_for_checkpoint(config_path: str | None, overrides: list[str], checkpoint: dict,
+                          checkpoint_name: str) -> Config:
+    """The config a tool runs a checkpoint with: `config_path` when given, else the config saved
+    in the checkpoint; command-line overrides applied either way."""
+    if config_path:
+        return load_config(config_path, overrides)
+    raw = checkpoint.get("config")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{checkpoint_name} has no saved config: pass --config")
+    merged = {key: dict(value) if isinstance(value, dict) else value for key, value in raw.items()}
+    for key, value in parse_overrides(overrides).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key].update(value)
+        else:
+            merged[key] = value
+    return build_config(merged, source="checkpoint config + overrides" if overrides
+                        else "<checkpoint config>")
+
+
 def config_from_dict(data: dict) -> Config:
     """Rebuild a Config saved with Config.to_dict() (e.g. from a checkpoint)."""
     return build_config(data, source="<checkpoint config>")

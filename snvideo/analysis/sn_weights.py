@@ -23,21 +23,12 @@ from typing import Mapping, Sequence
 
 import torch
 
+from snvideo.models.pretrained import strip_wrappers
+
 STAT_NAMES = ("IN", "LN", "BN")  # the logit order of snvideo.norm.SwitchNorm*d
 COLORS = {"IN": "#4c72b0", "LN": "#dd8452", "BN": "#55a868"}
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / torch.compile, if a raw dict was saved
 
 Importance = dict[str, dict[str, float]]  # {"mean": {"IN": p, ...}, "var": {...}}
-
-
-def _strip_wrappers(name: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _WRAPPER_PREFIXES:
-            if name.startswith(prefix):
-                name, changed = name[len(prefix):], True
-    return name
 
 
 def sn_importance(state_dict: Mapping[str, torch.Tensor]) -> list[tuple[str, Importance]]:
@@ -61,7 +52,7 @@ def sn_importance(state_dict: Mapping[str, torch.Tensor]) -> list[tuple[str, Imp
             "mean": dict(zip(names, torch.softmax(mean_logits.double(), 0).tolist())),
             "var": dict(zip(names, torch.softmax(var_logits.double(), 0).tolist())),
         }
-        rows.append((_strip_wrappers(prefix.rstrip(".")) or "<root>", importance))
+        rows.append((strip_wrappers(prefix.rstrip(".")) or "<root>", importance))
     return rows
 
 

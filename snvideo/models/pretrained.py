@@ -66,7 +66,8 @@ class PretrainedResult:
 
 
 # --- name mappings: checkpoint key -> our key (None: no counterpart) -----------------------------
-def _strip_wrappers(key: str) -> str:
+def strip_wrappers(key: str) -> str:
+    """A state-dict key without DDP's `module.` and torch.compile's `_orig_mod.` prefixes."""
     changed = True
     while changed:
         changed = False
@@ -87,7 +88,7 @@ _MMACTION2_RULES = [
 
 
 def mmaction2_to_ours(key: str) -> str | None:
-    key = _strip_wrappers(key)
+    key = strip_wrappers(key)
     if key.startswith("cls_head.fc_cls."):
         return _HEAD_PREFIX + key[len("cls_head.fc_cls."):]
     if not key.startswith("backbone."):
@@ -107,7 +108,7 @@ _SLOWFAST_BRANCHES = {"branch1.": "downsample.0.", "branch1_bn.": "downsample.1.
 
 
 def pyslowfast_to_ours(key: str) -> str | None:
-    key = _strip_wrappers(key)
+    key = strip_wrappers(key)
     if key.startswith("head.projection."):
         return _HEAD_PREFIX + key[len("head.projection."):]
     stem = _SLOWFAST_STEM.match(key)
@@ -124,7 +125,7 @@ def pyslowfast_to_ours(key: str) -> str | None:
 
 
 _TO_OURS: dict[str, Callable[[str], str | None]] = {
-    "snvideo": _strip_wrappers, "torchvision": _strip_wrappers,
+    "snvideo": strip_wrappers, "torchvision": strip_wrappers,
     "mmaction2": mmaction2_to_ours, "pyslowfast": pyslowfast_to_ours,
 }
 
@@ -174,7 +175,7 @@ def _candidates(checkpoint: Mapping) -> dict[str, dict[str, Tensor]]:
 
 
 def _has_prefix(state: Mapping[str, Tensor], *prefixes: str) -> bool:
-    return any(_strip_wrappers(k).startswith(prefixes) for k in state)
+    return any(strip_wrappers(k).startswith(prefixes) for k in state)
 
 
 def _state_for(fmt: str, found: dict[str, dict[str, Tensor]]) -> dict[str, Tensor] | None:
@@ -244,7 +245,7 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping,
     if state is None:
         looks = f"; it looks like a {detected} checkpoint" if detected else ""
         raise PretrainedError(f"{name}: not a {fmt} checkpoint{looks}")
-    if _two_d_conv1({_strip_wrappers(k): v for k, v in state.items()}):
+    if _two_d_conv1({strip_wrappers(k): v for k, v in state.items()}):
         raise PretrainedError(f"{name}: a 2D checkpoint (conv1.weight is 4D); inflate it with "
                               "load_pretrained_2d / model.pretrained2d")
     with torch.no_grad():
