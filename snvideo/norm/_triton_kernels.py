@@ -139,6 +139,14 @@ def _softmax3(logits_ptr, K: tl.constexpr):
 
 
 @triton.jit
+def _tile(c0, ns, n_ok, C, BLOCK_C: tl.constexpr):
+    """The channel block starting at c0: channels, their mask, the tile mask and (n, c) offsets."""
+    cs = c0 + tl.arange(0, BLOCK_C)
+    c_ok = cs < C
+    return cs, c_ok, n_ok[:, None] & c_ok[None, :], ns[:, None] * C + cs[None, :]
+
+
+@triton.jit
 def _partial_moments(shift_ptr, s1_ptr, s2_ptr, idx, ok, NC, SPLITS, M):
     """The IN moments of a tile from the moments kernel's partial sums."""
     s1 = tl.zeros(idx.shape, tl.float32)
@@ -170,9 +178,7 @@ def _mix_forward_kernel(shift_ptr, s1_ptr, s2_ptr, mean_logits_ptr, var_logits_p
     ln_d2 = tl.zeros((BLOCK_N,), tl.float32)
     ln_v = tl.zeros((BLOCK_N,), tl.float32)
     for c0 in range(0, C, BLOCK_C):
-        cs = c0 + tl.arange(0, BLOCK_C)
-        ok = n_ok[:, None] & (cs < C)[None, :]
-        idx = ns[:, None] * C + cs[None, :]
+        cs, c_ok, ok, idx = _tile(c0, ns, n_ok, C, BLOCK_C)
         mean_in, var_in = _partial_moments(shift_ptr, s1_ptr, s2_ptr, idx, ok, NC, SPLITS, M)
         d = tl.where(ok, mean_in - ln_shift[:, None], 0.0)
         ln_d1 += tl.sum(d, 1)
@@ -186,10 +192,7 @@ def _mix_forward_kernel(shift_ptr, s1_ptr, s2_ptr, mean_logits_ptr, var_logits_p
     wm0, wm1, wm2 = _softmax3(mean_logits_ptr, K)
     wv0, wv1, wv2 = _softmax3(var_logits_ptr, K)
     for c0 in range(0, C, BLOCK_C):
-        cs = c0 + tl.arange(0, BLOCK_C)
-        c_ok = cs < C
-        ok = n_ok[:, None] & c_ok[None, :]
-        idx = ns[:, None] * C + cs[None, :]
+        cs, c_ok, ok, idx = _tile(c0, ns, n_ok, C, BLOCK_C)
         mean_in, var_in = _partial_moments(shift_ptr, s1_ptr, s2_ptr, idx, ok, NC, SPLITS, M)
         mean = wm0 * mean_in + wm1 * mean_ln[:, None]
         var = wv0 * var_in + wv1 * var_ln[:, None]
@@ -219,7 +222,8 @@ def _mix_forward_kernel(shift_ptr, s1_ptr, s2_ptr, mean_logits_ptr, var_logits_p
 
 @triton.jit
 def _mix_grads(dot_ptr, sum_ptr, nc_ptr, idx, ok, NC, SPLITS):
-    """Per (n, c): d loss / d mixed mean (gm) and variance (gv), d scale, and the dy sum."""
+    """Per (n, c): d loss / d mixed mean (gm) and variance (gv), d scale, the dy sum, rstd and
+    mean_in; all 0 outside the tile mask (masked loads read 0)."""
     g_dot = tl.zeros(idx.shape, tl.float32)
     g_sum = tl.zeros(idx.shape, tl.float32)
     for split in range(0, SPLITS):
@@ -232,7 +236,7 @@ def _mix_grads(dot_ptr, sum_ptr, nc_ptr, idx, ok, NC, SPLITS):
     grad_scale = g_dot + (mean_in - mean) * g_sum      # y = x * scale + bias - mean * scale
     gm = -scale * g_sum
     gv = -0.5 * grad_scale * scale * rstd * rstd
-    return gm, gv, grad_scale, g_sum, rstd
+    return gm, gv, grad_scale, g_sum, rstd, mean_in
 
 
 @triton.jit
@@ -258,20 +262,13 @@ def _mix_backward_kernel(dot_ptr, sum_ptr, nc_ptr, ln_ptr, bn_ptr, mean_logits_p
     acc_v1 = tl.zeros((BLOCK_N,), tl.float32)
     acc_v2 = tl.zeros((BLOCK_N,), tl.float32)
     for c0 in range(0, C, BLOCK_C):
-        cs = c0 + tl.arange(0, BLOCK_C)
-        c_ok = cs < C
-        ok = n_ok[:, None] & c_ok[None, :]
-        idx = ns[:, None] * C + cs[None, :]
-        gm, gv, grad_scale, g_sum, rstd = _mix_grads(dot_ptr, sum_ptr, nc_ptr, idx, ok, NC,
-                                                     SPLITS)
-        gm = tl.where(ok, gm, 0.0)
-        gv = tl.where(ok, gv, 0.0)
-        tl.store(grad_bias_ptr + cs, tl.sum(tl.where(ok, g_sum, 0.0), 0), mask=c_ok)
-        tl.store(grad_weight_ptr + cs, tl.sum(tl.where(ok, grad_scale * rstd, 0.0), 0),
-                 mask=c_ok)
+        cs, c_ok, ok, idx = _tile(c0, ns, n_ok, C, BLOCK_C)
+        gm, gv, grad_scale, g_sum, rstd, mean_in = _mix_grads(dot_ptr, sum_ptr, nc_ptr, idx,
+                                                              ok, NC, SPLITS)
+        tl.store(grad_bias_ptr + cs, tl.sum(g_sum, 0), mask=c_ok)
+        tl.store(grad_weight_ptr + cs, tl.sum(grad_scale * rstd, 0), mask=c_ok)
         ln_gm += tl.sum(gm, 1)
         ln_gv += tl.sum(gv, 1)
-        mean_in = tl.load(nc_ptr + idx, mask=ok, other=0.0)
         var_in = tl.load(nc_ptr + NC + idx, mask=ok, other=0.0)
         acc_m0 += tl.sum(mean_in * gm, 1)
         acc_v0 += tl.sum(var_in * gv, 1)
@@ -300,15 +297,8 @@ def _mix_backward_kernel(dot_ptr, sum_ptr, nc_ptr, ln_ptr, bn_ptr, mean_logits_p
     g_ln_m = ln_gm * (wm1 / C)
     g_ln_v = ln_gv * (wv1 / C)
     for c0 in range(0, C, BLOCK_C):
-        cs = c0 + tl.arange(0, BLOCK_C)
-        c_ok = cs < C
-        ok = n_ok[:, None] & c_ok[None, :]
-        idx = ns[:, None] * C + cs[None, :]
-        gm, gv, grad_scale, g_sum, rstd = _mix_grads(dot_ptr, sum_ptr, nc_ptr, idx, ok, NC,
-                                                     SPLITS)
-        gm = tl.where(ok, gm, 0.0)
-        gv = tl.where(ok, gv, 0.0)
-        mean_in = tl.load(nc_ptr + idx, mask=ok, other=0.0)
+        cs, c_ok, ok, idx = _tile(c0, ns, n_ok, C, BLOCK_C)
+        gm, gv, _, _, _, mean_in = _mix_grads(dot_ptr, sum_ptr, nc_ptr, idx, ok, NC, SPLITS)
         g_in_m = wm0 * gm + g_ln_m[:, None] + 2.0 * (mean_in - mean_ln[:, None]) * g_ln_v[:, None]
         g_in_v = wv0 * gv + g_ln_v[:, None]
         if K == 3:

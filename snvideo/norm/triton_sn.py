@@ -87,27 +87,27 @@ def _split(n: int, c_blocks: int, m: int, block_m: int) -> tuple[int, int]:
     return -(-m // chunk), chunk
 
 
-def _partial_sums(kernel, rows: Tensor, *inputs: Tensor
-                  ) -> tuple[Tensor, Tensor, Tensor]:
-    """Launch a reduction kernel over (N, C, M) rows: (N, C) row firsts (moments only) and two
-    (splits, N, C) float32 partial sums."""
+def _partial_sums(kernel, rows: Tensor, *inputs: Tensor, firsts: bool = False
+                  ) -> tuple[Tensor, ...]:
+    """Launch a reduction kernel over (N, C, M) rows. Returns its two (splits, N, C) float32
+    partial sums, after the (N, C) row firsts when `firsts` (the moments kernel writes them)."""
     n, c, m = rows.shape
     block_c, block_m = _tiles(rows, _REDUCE_TILE)
     c_blocks = -(-c // block_c)
     splits, chunk = _split(n, c_blocks, m, block_m)
-    first = rows.new_empty((n, c), dtype=torch.float32)
     s1 = rows.new_empty((splits, n, c), dtype=torch.float32)
-    s2 = torch.empty_like(s1)
-    kernel[(n, c_blocks, splits)](*inputs, first, s1, s2, n, c, m, chunk, *rows.stride(),
+    outputs = ([rows.new_empty((n, c), dtype=torch.float32)] if firsts else []) \
+        + [s1, torch.empty_like(s1)]
+    kernel[(n, c_blocks, splits)](*inputs, *outputs, n, c, m, chunk, *rows.stride(),
                                   BLOCK_C=block_c, BLOCK_M=block_m)
-    return first, s1, s2
+    return tuple(outputs)
 
 
 def moments(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-(n, c) mean and population variance over S, float32, one read of x."""
     rows = _rows(x)
     m = rows.shape[2]
-    shift, s1, s2 = _partial_sums(_kernels()._moments_kernel, rows, rows)
+    shift, s1, s2 = _partial_sums(_kernels()._moments_kernel, rows, rows, firsts=True)
     d1 = s1.sum(0) / m
     return shift + d1, torch.addcmul(s2.sum(0) / m, d1, d1, value=-1).clamp_(min=0)
 
@@ -128,18 +128,10 @@ def affine(x: Tensor, center: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     return _restore(y, x)
 
 
-def _grad_partials(grad_y: Tensor, rows: Tensor, center: Tensor) -> tuple[Tensor, Tensor]:
+def _grad_partials(grad_y: Tensor, rows: Tensor, center: Tensor) -> tuple[Tensor, ...]:
     """(splits, N, C) partial sums of grad_y * (x - center) and of grad_y."""
-    n, c, m = rows.shape
-    block_c, block_m = _tiles(rows, _REDUCE_TILE)
-    c_blocks = -(-c // block_c)
-    splits, chunk = _split(n, c_blocks, m, block_m)
-    dot = rows.new_empty((splits, n, c), dtype=torch.float32)
-    total = torch.empty_like(dot)
-    _kernels()._grad_sums_kernel[(n, c_blocks, splits)](
-        _matching(grad_y, rows), rows, _f32(center), dot, total, n, c, m, chunk, *rows.stride(),
-        BLOCK_C=block_c, BLOCK_M=block_m)
-    return dot, total
+    return _partial_sums(_kernels()._grad_sums_kernel, rows, _matching(grad_y, rows), rows,
+                         _f32(center))
 
 
 def grad_sums(grad_y: Tensor, x: Tensor, center: Tensor) -> tuple[Tensor, Tensor]:
@@ -192,7 +184,7 @@ def forward(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tensor, 
     branch uses batch moments when `use_batch_stats` or without running statistics."""
     rows = _rows(x)
     n, c, m = rows.shape
-    shift, s1, s2 = _partial_sums(_kernels()._moments_kernel, rows, rows)
+    shift, s1, s2 = _partial_sums(_kernels()._moments_kernel, rows, rows, firsts=True)
     nc = rows.new_empty((6, n, c), dtype=torch.float32)
     ln = rows.new_empty((2, n), dtype=torch.float32)
     bn = rows.new_zeros((2, c), dtype=torch.float32)
