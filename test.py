@@ -6,6 +6,7 @@
     python test.py --checkpoint CKPT --video clip.mp4    # single video, top-5 classes
     python test.py --checkpoint CKPT --video clip.mp4 --out-video top5.mp4   # ... drawn on it
     python test.py --checkpoint CKPT --out results.json --confusion confusion.png
+    python test.py --checkpoint CKPT --recompute-norm-stats 200  # precise BN, then the test
 
 --config is optional: without it the config saved in the checkpoint is used; dotted
 overrides apply on top of either (e.g. test.num_clips=4 test.num_crops=1 data.root=/data/k400).
@@ -38,6 +39,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--confusion", help="draw the confusion matrix to this image (.png, "
                         ".pdf, .svg; needs matplotlib)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--recompute-norm-stats", type=int, default=0, metavar="N",
+                        help="before testing, recompute the BN / SN running statistics as the "
+                        "average over N training batches of data.batch_size clips (precise BN; "
+                        "SN's batch average)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. test.num_clips=4")
     return parser.parse_intermixed_args(argv)
@@ -128,6 +133,29 @@ def run_video(args: argparse.Namespace, cfg: Config, model, names: list[str]) ->
     return 0
 
 
+def recompute_stats(model, cfg: Config, device, num_batches: int) -> None:
+    """Precise BN / SN batch average over training batches, in a fixed (train.seed) order."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from snvideo.data.datasets import collate_clips
+    from snvideo.engine.batches import model_inputs
+    from snvideo.engine.builders import train_dataset
+    from snvideo.norm import recompute_norm_stats
+
+    if not cfg.data.train_ann or not os.path.exists(cfg.data.train_ann):
+        raise ConfigError(f"--recompute-norm-stats reads data.train_ann: not found: "
+                          f"{cfg.data.train_ann or '(not set)'}")
+    dataset = train_dataset(cfg)
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True,
+                        num_workers=cfg.data.num_workers, collate_fn=collate_clips,
+                        generator=torch.Generator().manual_seed(cfg.train.seed))
+    used = recompute_norm_stats(model, model_inputs(loader, device, dataset.transform,
+                                                    cfg.train.channels_last), num_batches)
+    print(f"norm statistics recomputed over {used} batches of {cfg.data.batch_size} clips "
+          f"from {cfg.data.train_ann}")
+
+
 def run_dataset(args: argparse.Namespace, cfg: Config, model, names: list[str]) -> int:
     from snvideo.engine.builders import check_data_paths, eval_dataset
     from snvideo.engine.distributed import cleanup, init_distributed
@@ -143,6 +171,8 @@ def run_dataset(args: argparse.Namespace, cfg: Config, model, names: list[str]) 
         except ValueError as e:  # unreadable annotation list, or labels the model does not know
             return fail(str(e).splitlines()[0])
         place_model(model, cfg, env.device)
+        if args.recompute_norm_stats:
+            recompute_stats(model, cfg, env.device, args.recompute_norm_stats)
         try:
             results = evaluate(model, dataset, cfg.test, env, strict=args.strict,
                                amp=cfg.train.amp, channels_last=cfg.train.channels_last)
@@ -181,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             return fail("--confusion needs matplotlib: pip install matplotlib")
+    if args.recompute_norm_stats < 0 or (args.recompute_norm_stats and args.video):
+        return fail("--recompute-norm-stats needs a positive batch count and a dataset run, "
+                    f"got {args.recompute_norm_stats}" + (" with --video" if args.video else ""))
     if not os.path.isfile(args.checkpoint):
         return fail(f"checkpoint not found: {args.checkpoint}")
     if args.video and int(os.environ.get("RANK", "0")) != 0:

@@ -1,12 +1,15 @@
 """Re-encode every video under SRC to H.264 mp4 with a smaller short side and dense keyframes.
 
     python data_tools/resize_videos.py SRC OUT --short-side 256 [--gop 16] [--crf 23]
-                                       [--workers N]
+                                       [--cabac] [--workers N]
 
 SRC/a/b.webm -> OUT/a/b.mp4: short side resized to --short-side (both dimensions even, as
 yuv420p needs), a keyframe every --gop frames and no scene-cut keyframes (so reading a clip
 seeks to a keyframe at most gop-1 frames before it), audio dropped, same frames and frame
-rate.  Outputs are written under a temporary name and renamed when complete; existing
+rate.  Entropy coding is CAVLC unless --cabac: on the 340x256 benchmark videos of
+benchmarks/bench_data.py, CABAC made GOP-16 files 11% smaller and a training clip 1.6x slower
+to decode (deblocking stays on; x264's `tune=fastdecode` would also turn it off, for 5% more
+speed and visibly blockier frames).  Outputs are written under a temporary name and renamed when complete; existing
 outputs are skipped on a re-run.
 """
 from __future__ import annotations
@@ -35,6 +38,7 @@ class Task:
     crf: int
     preset: str
     threads: int
+    cabac: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,8 @@ def resize_one(task: Task) -> Result:
                         ostream.codec_context.gop_size = task.gop
                         ostream.options = {"crf": str(task.crf), "preset": task.preset,
                                            "g": str(task.gop), "keyint_min": str(task.gop),
-                                           "sc_threshold": "0"}
+                                           "sc_threshold": "0",
+                                           "x264-params": f"cabac={int(task.cabac)}"}
                     frame = frame.reformat(width=ostream.width, height=ostream.height,
                                            format="yuv420p", interpolation="AREA")
                     frame.pts, frame.time_base = n, 1 / rate
@@ -118,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crf", type=int, default=23, help="x264 constant rate factor (default 23)")
     p.add_argument("--preset", default="medium",
                    help="x264 preset, e.g. veryfast / medium / slow (default medium)")
+    p.add_argument("--cabac", action="store_true",
+                   help="CABAC entropy coding: smaller files, slower decoding (default CAVLC)")
     add_workers_arg(p)
     return p
 
@@ -154,7 +161,7 @@ def _run(args: argparse.Namespace) -> int:
             continue
         seen.add(dst)
         tasks.append(Task(str(video), str(dst), args.short_side, args.gop, args.crf,
-                          args.preset, threads))
+                          args.preset, threads, args.cabac))
     for res in progress(pool_map(resize_one, tasks, args.workers), len(tasks), PROG):
         summary.add(res.status, res.name, res.reason)
     summary.print(PROG)

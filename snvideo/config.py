@@ -58,6 +58,8 @@ class DataConfig:
     crop_size: int = 224
     backend: str = "auto"                 # auto | decord | pyav
     decode_threads: int = 1               # decoder threads per DataLoader worker (0: decoder's choice)
+    cache: bool = False                   # keep decoded training videos in memory (small datasets)
+    cache_max_gb: float = 8.0             # bound of that cache per process (each worker has its own)
     # options of snvideo.data.train_transform: mode (rrc | jitter), area_range, aspect_range,
     # max_short_side, flip_prob (0 for datasets where left/right carries the label)
     train_aug: dict = field(default_factory=dict)

@@ -143,6 +143,22 @@ def test_pyav_seeks_instead_of_decoding_from_the_start(tmp_path, video_tools):
         assert reader.frames_decoded <= 232 - 192 + 8
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pyav_skips_unwanted_non_reference_frames_and_reads_the_same_frames(tmp_path, video_tools,
+                                                                            threads):
+    """Frames that are neither wanted nor references are dropped by the decoder: fewer frames
+    decoded, the same wanted frames (every other frame of a clip, as frame_interval=2 asks),
+    also with frame threads."""
+    path = video_tools.write_video(tmp_path / "long.mp4", "libx264", 240,
+                                   options={"bf": "3", "b_pyramid": "0", "g": "250"})
+    with VideoReader(path, backend="pyav", num_threads=threads) as reader:
+        check_frames(reader, list(range(160, 224, 2)), video_tools)
+        # from keyframe 0: 224 frames to the clip's end, 3 of every 4 of them non-reference
+        # B-frames; those not in the clip are skipped
+        assert reader.frames_decoded < 224 * 0.5
+        assert reader._backend._stream.codec_context.skip_frame == "DEFAULT"  # reset after
+
+
 def test_truncated_file_raises_for_frames_it_lost(tmp_path, video_tools):
     """Header (moov at the front) promises 60 frames, the data holds about half."""
     path = video_tools.write_video(

@@ -177,6 +177,18 @@ def test_resize_videos_dims_gop_frames_and_resume(tmp_path, capsys):
     assert (out / "b.mp4").stat().st_mtime_ns == stamp
     assert not [p for p in out.rglob(".*")]    # no temporary files left
 
+    # entropy coding: CAVLC by default (faster to decode), CABAC on request; x264 writes its
+    # settings into the first packet
+    assert b"cabac=0" in x264_settings(out / "b.mp4")
+    assert tool("resize_videos").main([str(src), str(tmp_path / "cabac"), "--short-side", "20",
+                                       "--cabac", "--workers", "0"]) == 0
+    assert b"cabac=1" in x264_settings(tmp_path / "cabac" / "b.mp4")
+
+
+def x264_settings(path: Path) -> bytes:
+    with av.open(str(path)) as c:
+        return bytes(next(c.demux(video=0)))
+
 
 # --------------------------------------------------------------------------------------------
 # build_file_list

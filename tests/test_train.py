@@ -214,3 +214,60 @@ def test_cpu_threads_leave_cores_to_data_workers(monkeypatch):
         assert set_cpu_threads(DistEnv(), data_workers=1) is None  # the user's choice stands
     finally:
         torch.set_num_threads(before)
+
+
+# --- recomputed statistics: train.sn_batch_average and test.py --recompute-norm-stats ----------
+def test_batch_average_leaves_training_unchanged_and_test_py_recomputes_it(tmp_path, tiny_data,
+                                                                          capsys):
+    """What the small-batch study's side runs rely on: recomputing norm statistics after an
+    epoch changes no trained weight (statistics never enter a training forward), so test.py
+    --recompute-norm-stats on the plain run's weights is that training's result."""
+    import test as test_script
+
+    states = {}
+    for flag in (False, True):
+        work = tmp_path / f"avg_{flag}"
+        cfg = write_config(tmp_path, tiny_data, name=f"avg_{flag}.yaml", work_dir=str(work),
+                           train={"epochs": 2, "sn_batch_average": flag,
+                                  "sn_batch_average_batches": 2},
+                           test={"after_train": False})
+        assert train_script.main(["--config", cfg]) == 0
+        states[flag] = load_checkpoint(str(work / "latest.pt"))["model"]
+    plain, averaged = states[False], states[True]
+    stats = [k for k in plain if "running_" in k or k.endswith("num_batches_tracked")]
+    assert stats
+    for key, value in plain.items():
+        if key not in stats:
+            assert torch.equal(value, averaged[key]), key
+    assert any(not torch.equal(plain[k], averaged[k]) for k in stats if "running_var" in k)
+
+    capsys.readouterr()
+    out = tmp_path / "recomputed.json"
+    assert test_script.main(["--checkpoint", str(tmp_path / "avg_False" / "latest.pt"),
+                             "--recompute-norm-stats", "2", "--out", str(out)]) == 0
+    assert "norm statistics recomputed over 2 batches of 4 clips" in capsys.readouterr().out
+    assert 0.0 <= json.loads(out.read_text())["top1"] <= 100.0
+    assert test_script.main(["--checkpoint", str(tmp_path / "avg_False" / "latest.pt"),
+                             "--recompute-norm-stats", "-1"]) == 2
+    assert "--recompute-norm-stats" in capsys.readouterr().err
+
+
+def test_data_cache_trains_as_from_the_files(tmp_path, tiny_data):
+    """data.cache changes where frames come from, not what a training run sees."""
+    states = {}
+    for cache in (False, True):
+        work = tmp_path / f"cache_{cache}"
+        cfg = write_config(tmp_path, tiny_data, name=f"cache_{cache}.yaml", work_dir=str(work),
+                           data={"cache": cache}, train={"epochs": 2},
+                           test={"after_train": False})
+        assert train_script.main(["--config", cfg]) == 0
+        states[cache] = load_checkpoint(str(work / "latest.pt"))["model"]
+    for key, value in states[False].items():
+        assert torch.equal(value, states[True][key]), key
+
+
+def test_data_cache_bound_must_be_positive(tmp_path, tiny_data, capsys):
+    cfg = write_config(tmp_path, tiny_data, data={"cache": True, "cache_max_gb": 0})
+    assert train_script.main(["--config", cfg]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "data.cache_max_gb" in err

@@ -37,6 +37,7 @@ from torchvision import tv_tensors
 
 from .annotations import Annotations, load_annotations, load_rawframe_annotations, write_label_map
 from .errors import VideoReadError
+from .frame_cache import FrameCache
 from .rawframes import RawFrameReader
 from .sampling import train_clip_indices
 from .transforms import TrainTransform, test_transform, train_transform
@@ -99,8 +100,10 @@ class _ClipDataset(Dataset):
         seed: int,
         source: str,
         normalize: bool = True,
+        cache_bytes: int = 0,
     ):
         self.normalize = normalize
+        self._cache = FrameCache(cache_bytes) if cache_bytes > 0 else None
         self.clip_len, self.frame_interval, self.num_clips = clip_len, frame_interval, num_clips
         self.test_mode = test_mode
         self.short_side, self.crop_size, self.num_crops = short_side, crop_size, num_crops
@@ -130,6 +133,10 @@ class _ClipDataset(Dataset):
     def open(self, index: int) -> FrameSource:
         raise NotImplementedError
 
+    def _reader(self, index: int) -> FrameSource:
+        """The video's frames: from the in-memory cache when there is one, else from its file."""
+        return self.open(index) if self._cache is None else self._cache.reader(index, self.open)
+
     # -- public API
     def __len__(self) -> int:
         return len(self._paths)
@@ -154,7 +161,7 @@ class _ClipDataset(Dataset):
     def test_views(self, index: int, normalize: bool = True) -> tuple[torch.Tensor, int]:
         """Test-mode item: (views, label); normalize=False keeps the standard test transform's
         views uint8 (the evaluator normalizes them on its device)."""
-        with self.open(index) as reader:
+        with self._reader(index) as reader:
             views, _ = load_test_views(
                 reader, self.num_clips, self.clip_len, self.frame_interval,
                 self.short_side, self.crop_size, self.num_crops, self.transform,
@@ -184,7 +191,7 @@ class _ClipDataset(Dataset):
         )
 
     def _load_train(self, index: int, rng: np.random.Generator) -> torch.Tensor:
-        with self.open(index) as reader:
+        with self._reader(index) as reader:
             num_frames = len(reader)
             if num_frames < 1:
                 raise VideoReadError(reader.path, "no frames")
@@ -236,7 +243,8 @@ class VideoDataset(_ClipDataset):
     transform=None applies train_transform(short_side, crop_size) in training and
     test_transform(short_side, crop_size, num_crops) in test mode; normalize=False keeps their
     output uint8 (see the module docstring). decode_threads: decoder threads per open video
-    (1: DataLoader workers are the parallelism; 0: the decoder's choice). A custom transform gets a
+    (1: DataLoader workers are the parallelism; 0: the decoder's choice). cache_bytes > 0 keeps
+    decoded videos in memory, up to that many bytes per process (snvideo.data.frame_cache). A custom transform gets a
     tv_tensors.Video of uint8 frames (T, C, H, W) and returns a float clip (C, T, H, W) (test
     mode: (C, T, H, W) or (crops, C, T, H, W) per clip). With num_clips > 1, training clips are
     transformed together (one crop for all) and returned as (num_clips, C, T, H, W).
@@ -262,6 +270,7 @@ class VideoDataset(_ClipDataset):
         split: int | None = None,
         normalize: bool = True,
         decode_threads: int = 1,
+        cache_bytes: int = 0,
     ):
         self.ann_file, self.root, self.backend = os.fspath(ann_file), os.fspath(root), backend
         self.decode_threads = decode_threads
@@ -273,7 +282,7 @@ class VideoDataset(_ClipDataset):
         super().__init__(
             annotations, clip_len, frame_interval, num_clips, test_mode, transform,
             short_side, crop_size, num_crops, max_retries, seed, source=self.ann_file,
-            normalize=normalize,
+            normalize=normalize, cache_bytes=cache_bytes,
         )
 
     def open(self, index: int) -> VideoReader:
@@ -309,7 +318,7 @@ class RawFrameDataset(_ClipDataset):
         super().__init__(
             annotations, clip_len, frame_interval, num_clips, test_mode, transform,
             short_side, crop_size, num_crops, max_retries, seed, source=self.ann_file,
-            normalize=normalize,
+            normalize=normalize, cache_bytes=cache_bytes,
         )
 
     def open(self, index: int) -> RawFrameReader:

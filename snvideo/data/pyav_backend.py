@@ -3,7 +3,8 @@
 Frame i is by definition the i-th frame a sequential decode yields. On open we demux (no
 decoding) the whole video stream and sort the packet timestamps: the i-th smallest pts is
 frame i's pts. To read frame i we seek to the last keyframe at or before it and decode
-forward, identifying frames by pts. Anything unexpected (a frame without pts, a pts the index
+forward, identifying frames by pts; on the way the decoder skips the packets of frames that are
+neither wanted nor referenced by any other frame. Anything unexpected (a frame without pts, a pts the index
 does not know, a seek that lands after the target) switches to a sequential decode from the
 start, which is slow but right by definition.
 
@@ -152,29 +153,48 @@ class PyAVBackend:
 
     def _read_by_seeking(self, wanted: list[int]) -> list[np.ndarray]:
         index, frames = self._index, []
+        wanted_pts = {index.pts[i] for i in wanted}
+        context = self._stream.codec_context
         pos = 0
-        while pos < len(wanted):
-            target = wanted[pos]
-            key = index.keyframes[max(bisect.bisect_right(index.keyframes, target) - 1, 0)]
-            self._container.seek(index.pts[key], stream=self._stream, backward=True, any_frame=False)
-            for frame in self._container.decode(self._stream):
-                self.frames_decoded += 1
-                current = index.frame_of_pts.get(frame.pts)
-                if current is None or current > target:
-                    raise _AddressingMismatch  # unknown pts, or the seek landed past the target
-                if current < target:
-                    continue
-                frames.append(self._rgb(frame))
-                pos += 1
-                if pos == len(wanted):
-                    break
+        try:
+            while pos < len(wanted):
                 target = wanted[pos]
-                next_key = index.keyframes[max(bisect.bisect_right(index.keyframes, target) - 1, 0)]
-                if next_key - current > SEEK_GAP:  # cheaper to jump to the keyframe than to decode the gap
-                    break
-            else:
-                raise VideoReadError(self.path, f"cannot decode frame {target}: stream ended early")
+                key = index.keyframes[max(bisect.bisect_right(index.keyframes, target) - 1, 0)]
+                self._container.seek(index.pts[key], stream=self._stream, backward=True, any_frame=False)
+                for frame in self._decode_skipping(wanted_pts):
+                    self.frames_decoded += 1
+                    current = index.frame_of_pts.get(frame.pts)
+                    if current is None or current > target:
+                        raise _AddressingMismatch  # unknown pts, or the seek landed past the target
+                    if current < target:
+                        continue
+                    frames.append(self._rgb(frame))
+                    pos += 1
+                    if pos == len(wanted):
+                        break
+                    target = wanted[pos]
+                    next_key = index.keyframes[max(bisect.bisect_right(index.keyframes, target) - 1, 0)]
+                    if next_key - current > SEEK_GAP:  # cheaper to jump to the keyframe than to decode the gap
+                        break
+                else:
+                    raise VideoReadError(self.path, f"cannot decode frame {target}: stream ended early")
+        finally:
+            context.skip_frame = "DEFAULT"
         return frames
+
+    def _decode_skipping(self, wanted_pts: set[int]):
+        """Decoded frames from the current position, where the decoder drops a packet whose
+        frame is not wanted when no other frame references it (`skip_frame = NONREF` for that
+        packet only). Such a frame cannot change any other frame, so every wanted frame is
+        decoded exactly as before; an unwanted frame that is a reference is decoded as usual.
+        Most B-frames are not references: this spares the decode of about a third of the
+        frames between the keyframe and a clip, and of the frames inside it that the frame
+        interval leaves out."""
+        context = self._stream.codec_context
+        for packet in self._container.demux(self._stream):
+            wanted = packet.pts is None or packet.pts in wanted_pts  # None: the final flush
+            context.skip_frame = "DEFAULT" if wanted else "NONREF"
+            yield from context.decode(packet)
 
     def _read_sequential(self, wanted: list[int]) -> list[np.ndarray]:
         """Decode from the first frame, counting: correct by definition, used when pts mislead."""

@@ -149,6 +149,8 @@ def train_dataset(cfg: Config):
 
     d = cfg.data
     check_decode_threads(cfg)
+    if d.cache and not d.cache_max_gb > 0:
+        raise ConfigError(f"data.cache_max_gb must be > 0 with data.cache, got {d.cache_max_gb}")
     aug = {k: tuple(v) if isinstance(v, list) else v for k, v in d.train_aug.items()}
     try:
         transform = train_transform(d.short_side, d.crop_size, **aug)
@@ -159,7 +161,8 @@ def train_dataset(cfg: Config):
                             num_clips=1, test_mode=False, transform=transform,
                             short_side=d.short_side, crop_size=d.crop_size, backend=d.backend,
                             seed=cfg.train.seed, classes_file=d.classes_file, split=d.split,
-                            normalize=False, decode_threads=d.decode_threads)
+                            normalize=False, decode_threads=d.decode_threads,
+                            cache_bytes=int(d.cache_max_gb * 1e9) if d.cache else 0)
     except ValueError as e:  # a malformed or ambiguous annotation: one line naming the file
         raise ConfigError(str(e).splitlines()[0]) from None
 

@@ -1,22 +1,33 @@
 """Small-batch study: how BN, GN and SN behave as the clips per process shrink.
 
-    python -m snvideo.experiments.batch_study            # full grid, about 40 min on 2 CPU cores
+    python -m snvideo.experiments.batch_study            # the study, about an hour on 2 CPU cores
     python -m snvideo.experiments.batch_study --quick    # smaller data and grid, a few minutes
 
 Every cell trains the same small 3D-ResNet (configs/batch_study.yaml) with train.py on one
 generated motion dataset, then runs train.py's multi-view test. Cells differ only in the norm,
 the clips per process (what each normalization layer sees) and the seed. Gradient accumulation
 keeps the update batch at 8 clips, so every cell makes the same number of updates of the same
-size with the same learning rate. Clips per process = 1 is run for GN and for SN without its
-BN branch (`using_bn: false`); BN over one clip is left out, as in the SN paper.
+size. Each norm's learning rate is chosen first, by a sweep at 8 clips per process scored on
+held-out videos that are not the test videos; it then stays fixed across clip counts. BN at one
+clip per process is in the grid (the case users need to see); SN at one clip runs without its
+BN branch (`using_bn: false`), as the SN paper does.
+
+Beside the grid, at 4 and 2 clips: BN with its statistics recomputed over training batches
+before the test ("precise BN"), and SN with the paper's batch average. Both take the grid
+cell's final weights and run `test.py --recompute-norm-stats`: recomputing statistics is what
+`train.sn_batch_average` does after every epoch, and it does not change the training (running
+statistics never enter a training forward), so the side run is that training's result.
 
 A finished cell (its test_results.json exists) is not run again, and an interrupted cell resumes
 from its latest.pt, so re-running the same command continues a killed study. The report —
-table, plots, commands, machine, wall time — goes to docs/batch_study.md (--out).
+sweep, table, plots, commands, machine, wall time — goes to docs/batch_study.md (--out), its
+data to docs/batch_study.json; a hand-written reading in docs/batch_study_reading.md (beside
+--out) is included in the report when present.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -26,7 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -35,27 +46,28 @@ from snvideo.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 UPDATE_BATCH = 8  # clips per optimizer update in every cell
+RECOMPUTE_BATCHES = 200  # training batches of the side runs' recomputed statistics
+SIDE_LABELS = {"bn": "bn + precise BN", "sn": "sn + batch average"}
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One training run of the grid."""
+    """One training run of the grid (or of the learning-rate sweep)."""
 
     norm: str   # bn | gn | sn
     clips: int  # clips per process: what one normalization layer sees per forward
     seed: int
+    lr: float   # for the update batch of UPDATE_BATCH clips
 
     @property
     def name(self) -> str:
-        return f"{self.norm}_{self.clips}clips_seed{self.seed}"
+        return f"{self.norm}_{self.clips}clips_lr{self.lr:g}_seed{self.seed}"
 
     @property
     def norm_kwargs(self) -> dict:
-        if self.norm == "gn":
-            return {"num_groups": 8}  # divides every width of the 0.25-wide resnet3d_10
         if self.norm == "sn" and self.clips == 1:
             return {"using_bn": False}  # batch statistics of one clip are not batch statistics
-        return {}
+        return {}  # GN: the factory's default groups (32, or the largest divisor below it)
 
     @property
     def label(self) -> str:
@@ -63,52 +75,111 @@ class Cell:
 
 
 @dataclass(frozen=True)
+class SideRun:
+    """A grid cell's final weights tested after recomputing their norm statistics."""
+
+    cell: Cell
+
+    @property
+    def name(self) -> str:
+        return f"{self.cell.name}_recomputed"
+
+    @property
+    def label(self) -> str:
+        return SIDE_LABELS[self.cell.norm]
+
+
+@dataclass(frozen=True)
 class Setting:
     """Dataset and schedule of a study; the grid is norms x clips x seeds."""
 
-    dataset: dict  # make_demo_dataset options
+    dataset: dict  # make_demo_dataset options (train_per_class; val_per_class = test + held-out)
+    test_per_class: int  # of val_per_class: the test videos; the rest score the lr sweep
     epochs: int
     norms: tuple[str, ...] = ("bn", "gn", "sn")
-    clips: tuple[int, ...] = (8, 2, 1)
-    seeds: tuple[int, ...] = (0, 1)
+    clips: tuple[int, ...] = (8, 4, 2, 1)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    lrs: tuple[float, ...] = (0.05, 0.1, 0.2)  # the sweep at 8 clips per process
+    side_clips: tuple[int, ...] = (4, 2)
     test_overrides: tuple[str, ...] = ()  # train.py overrides of the final test
 
 
-# The study's classes are the embedded demo's (eight directions, swinging, staying still), made
-# harder so that no normalizer saturates them: slower and subtler motion, pixel noise, a
-# drifting background, a drifting distractor object, lower contrast and fewer training videos.
-DEMO_MOTIONS = load_config(str(REPO / "configs" / "demo.yaml")).data.demo_kwargs["motions"]
-_HARD_SCENES = dict(motions=DEMO_MOTIONS, size=32, frames=24, speed=[0.03, 0.05],
-                    swing_amplitude=[0.12, 0.2], object_size=[0.3, 0.8], noise=0.02,
-                    bg_drift=0.005, distractors=1, min_contrast=0.4)
-FULL = Setting(dataset=dict(_HARD_SCENES, train_per_class=120, val_per_class=30), epochs=12)
-QUICK = Setting(dataset=dict(_HARD_SCENES, motions=DEMO_MOTIONS[:4], train_per_class=16,
-                             val_per_class=6),
-                epochs=3, clips=(8, 2), seeds=(0,),
-                test_overrides=("test.num_clips=2", "test.num_crops=1"))
+# The demo's classes and scenes (eight directions, swinging, staying still) with fewer training
+# videos (120 a class instead of 250) and 12 epochs: every normalizer learns them but none
+# saturates (chosen by trying it: the harder variant with noise, drift and distractors left BN at
+# chance after 12 epochs at every learning rate tried, so it could not show a drop).
+DEMO_DATA = load_config(str(REPO / "configs" / "demo.yaml")).data.demo_kwargs
+FULL = Setting(dataset=dict(DEMO_DATA, train_per_class=120, val_per_class=50), test_per_class=30,
+               epochs=12)
+QUICK = Setting(dataset=dict(DEMO_DATA, motions=DEMO_DATA["motions"][:4], train_per_class=16,
+                             val_per_class=10),
+                test_per_class=6, epochs=3, clips=(8, 2), seeds=(0,), lrs=(0.1, 0.2),
+                side_clips=(2,), test_overrides=("test.num_clips=2", "test.num_crops=1"))
 
 
-def grid(setting: Setting) -> list[Cell]:
-    """Cells in run order (seed-major, so a partial study already covers every norm)."""
-    return [Cell(norm, clips, seed) for seed in setting.seeds for norm in setting.norms
-            for clips in setting.clips if not (norm == "bn" and clips == 1)]
+def sweep(setting: Setting) -> list[Cell]:
+    """The learning-rate sweep: every norm at 8 clips per process, the first seed."""
+    return [Cell(norm, UPDATE_BATCH, setting.seeds[0], lr) for norm in setting.norms
+            for lr in setting.lrs]
+
+
+def grid(setting: Setting, lrs: dict[str, float]) -> list[Cell]:
+    """Cells in run order (seed-major, so a partial study already covers every norm); `lrs`
+    is each norm's learning rate from the sweep."""
+    return [Cell(norm, clips, seed, lrs[norm]) for seed in setting.seeds
+            for norm in setting.norms for clips in setting.clips]
+
+
+def side_runs(setting: Setting, cells: list[Cell]) -> list[SideRun]:
+    """Precise BN and SN's batch average on the grid's BN and SN cells at side_clips."""
+    return [SideRun(c) for c in cells if c.norm in SIDE_LABELS and c.clips in setting.side_clips]
 
 
 def cell_command(cell: Cell, setting: Setting, data_dir: Path, work_dir: Path) -> list[str]:
-    """The train.py command line of one cell."""
+    """The train.py command line of one cell: validation (scoring the sweep) on the held-out
+    videos after the last epoch, then the multi-view test on the test videos."""
     if UPDATE_BATCH % cell.clips:
         raise ValueError(f"clips per process must divide {UPDATE_BATCH}, got {cell.clips}")
     kwargs = json.dumps(cell.norm_kwargs, separators=(",", ":"))
     data_dir, work_dir = _from_repo(data_dir), _from_repo(work_dir)  # train.py runs in REPO
+    ann = data_dir / "annotations"
     return [sys.executable, "train.py", "--config", "configs/batch_study.yaml",
             f"work_dir={work_dir / cell.name}",
             f"data.root={data_dir / 'videos'}",
-            f"data.train_ann={data_dir / 'annotations' / 'train.csv'}",
-            f"data.val_ann={data_dir / 'annotations' / 'val.csv'}",
+            f"data.train_ann={ann / 'train.csv'}",
+            f"data.val_ann={ann / 'heldout.csv'}",
+            f"data.test_ann={ann / 'test.csv'}",
             f"model.norm={cell.norm}", f"model.norm_kwargs={kwargs}",
             f"data.batch_size={cell.clips}", f"train.accumulate={UPDATE_BATCH // cell.clips}",
-            f"train.seed={cell.seed}", f"train.epochs={setting.epochs}",
-            *setting.test_overrides]
+            f"train.seed={cell.seed}", f"train.epochs={setting.epochs}", f"train.lr={cell.lr:g}",
+            f"train.val_interval={setting.epochs}", *setting.test_overrides]
+
+
+def side_command(run: SideRun, work_dir: Path) -> list[str]:
+    """test.py on the cell's final weights, statistics recomputed over training batches."""
+    cell_dir, work_dir = _from_repo(work_dir / run.cell.name), _from_repo(work_dir)
+    return [sys.executable, "test.py", "--checkpoint", str(cell_dir / "latest.pt"),
+            "--recompute-norm-stats", str(RECOMPUTE_BATCHES),
+            "--out", str(work_dir / run.name / "test_results.json")]
+
+
+def split_heldout(data_dir: Path, test_per_class: int) -> None:
+    """Split the generated val.csv per class into test.csv (the first test_per_class videos of
+    each class) and heldout.csv (the rest: what the learning-rate sweep is scored on)."""
+    ann = data_dir / "annotations"
+    with open(ann / "val.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    header, rows = rows[0], rows[1:]
+    seen: dict[str, int] = {}
+    test, heldout = [], []
+    for row in rows:
+        seen[row[0]] = seen.get(row[0], 0) + 1
+        (test if seen[row[0]] <= test_per_class else heldout).append(row)
+    if not heldout:
+        raise ValueError(f"val_per_class must exceed test_per_class={test_per_class}")
+    for name, part in (("test.csv", test), ("heldout.csv", heldout)):
+        with open(ann / name, "w", newline="") as f:
+            csv.writer(f).writerows([header, *part])
 
 
 def _from_repo(path: Path) -> Path:
@@ -119,82 +190,108 @@ def _from_repo(path: Path) -> Path:
         return path
 
 
-def run_cell(cell: Cell, command: list[str], cell_dir: Path, log=print) -> dict:
-    """Train and test one cell (or read its finished result); returns its result record."""
+def run_cell(run: Cell | SideRun, command: list[str], cell_dir: Path, log=print) -> dict:
+    """Run one cell or side run (or read its finished result); returns its result record."""
     result_path = cell_dir / "test_results.json"
     reused = result_path.is_file()
     if not reused:
-        log(f"[{cell.name}] training: {shlex.join(command[1:])}")
+        log(f"[{run.name}] {shlex.join(command[1:])}")
         start = time.time()
         cell_dir.mkdir(parents=True, exist_ok=True)
-        with open(cell_dir / "train.log", "a") as out:
+        with open(cell_dir / "run.log", "a") as out:
             proc = subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
         if proc.returncode != 0 or not result_path.is_file():
-            raise RuntimeError(f"cell {cell.name} failed (exit {proc.returncode}); "
-                               f"see {cell_dir / 'train.log'}")
+            raise RuntimeError(f"{run.name} failed (exit {proc.returncode}); "
+                               f"see {cell_dir / 'run.log'}")
         (cell_dir / "wall_seconds.txt").write_text(f"{time.time() - start:.1f}\n")
     else:
-        log(f"[{cell.name}] done earlier: {result_path}")
+        log(f"[{run.name}] done earlier: {result_path}")
     results = json.loads(result_path.read_text())
+    cell = run.cell if isinstance(run, SideRun) else run
+    metrics = cell_dir.parent / cell.name / "metrics.jsonl"
+    epochs = [e for e in map(json.loads, metrics.read_text().splitlines())
+              if e.get("kind") == "epoch"]
     wall = cell_dir / "wall_seconds.txt"
-    records = [json.loads(line) for line in (cell_dir / "metrics.jsonl").read_text().splitlines()]
-    epochs = [e for e in records if e.get("kind") == "epoch"]
-    record = {"norm": cell.norm, "label": cell.label, "clips": cell.clips, "seed": cell.seed,
+    record = {"name": run.name, "norm": cell.norm, "label": run.label, "clips": cell.clips,
+              "seed": cell.seed, "lr": cell.lr, "side_run": isinstance(run, SideRun),
               "top1": results["top1"], "top5": results["top5"],
               "mean_class_acc": results["mean_class_acc"],
+              "heldout_top1": epochs[-1].get("val_top1") if epochs else None,
               "final_train_loss": epochs[-1]["train_loss"] if epochs else None,
               "seconds": float(wall.read_text()) if wall.is_file() else None, "reused": reused}
-    log(f"[{cell.name}] multi-view top-1 {record['top1']:.1f}%")
+    log(f"[{run.name}] multi-view top-1 {record['top1']:.1f}%")
     return record
 
 
+def choose_lrs(records: list[dict]) -> tuple[dict[str, float], list[dict]]:
+    """Each norm's learning rate: the best held-out top-1 of its sweep runs (ties: the lower
+    final train loss). Returns the choice and the sweep table."""
+    table, chosen = [], {}
+    for norm in dict.fromkeys(r["norm"] for r in records):
+        runs = [r for r in records if r["norm"] == norm]
+        best = max(runs, key=lambda r: (r["heldout_top1"] or 0.0, -(r["final_train_loss"] or 0.0)))
+        chosen[norm] = best["lr"]
+        table += [{"norm": norm, "lr": r["lr"], "heldout_top1": r["heldout_top1"],
+                   "final_train_loss": r["final_train_loss"], "chosen": r is best} for r in runs]
+    return chosen, table
+
+
 def summarize(records: list[dict]) -> list[dict]:
-    """Mean and spread of top-1 over seeds, one row per (norm, clips)."""
+    """Mean and spread of top-1 over seeds, one row per (label, clips)."""
     rows: dict[tuple[str, int], list[dict]] = {}
     for r in records:
         rows.setdefault((r["label"], r["clips"]), []).append(r)
     out = []
     for (label, clips), runs in rows.items():
         top1 = [r["top1"] for r in runs]
+        losses = [r.get("final_train_loss") for r in runs]
         out.append({"label": label, "norm": runs[0]["norm"], "clips": clips, "seeds": len(runs),
+                    "lr": runs[0].get("lr"), "side_run": bool(runs[0].get("side_run")),
                     "top1_mean": statistics.fmean(top1),
                     "top1_std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
                     "top1_runs": top1,
-                    "train_loss_mean": statistics.fmean(r["final_train_loss"] for r in runs)
-                    if all(r.get("final_train_loss") is not None for r in runs) else None})
+                    "train_loss_mean": statistics.fmean(losses)
+                    if all(v is not None for v in losses) else None})
     return out
+
+
+def _compare(base: dict, other: dict, chance: float) -> str:
+    delta = other["top1_mean"] - base["top1_mean"]
+    noise = 2 * max(base["top1_std"], other["top1_std"])
+    if max(base["top1_mean"], other["top1_mean"]) <= 2 * chance:
+        verdict = (f"both near chance ({chance:.0f}%): neither left the initial plateau, "
+                   "so this says nothing about the batch size")
+    elif min(base["seeds"], other["seeds"]) < 2:
+        verdict = "one seed only: no spread to judge it against"
+    elif abs(delta) <= noise:
+        verdict = f"within the seed spread (2 x std = {noise:.1f}): no measurable change"
+    else:
+        verdict = f"beyond the seed spread (2 x std = {noise:.1f})"
+    return f"{delta:+.1f} points, {verdict}"
 
 
 def findings(rows: list[dict], chance: float) -> list[str]:
     """Plain statements computed from the table: each norm's change from 8 clips per process to
-    fewer, and whether it exceeds the seed-to-seed spread (else it is called noise)."""
+    fewer, each side run against its plain cell, and the order of the norms at each clip count;
+    a change within twice the seed-to-seed spread is called noise."""
     lines = []
-    by_cell = {(r["norm"], r["clips"]): r for r in rows}
-
-    def learned(row: dict) -> bool:  # clearly above chance
-        return row["top1_mean"] > 2 * chance
+    grid_rows = {(r["norm"], r["clips"]): r for r in rows if not r["side_run"]}
     for norm in ("bn", "gn", "sn"):
-        base = by_cell.get((norm, 8))
-        if base is None:
-            continue
-        for clips in (2, 1):
-            small = by_cell.get((norm, clips))
-            if small is None:
+        base = grid_rows.get((norm, UPDATE_BATCH))
+        for clips in (4, 2, 1):
+            small = grid_rows.get((norm, clips))
+            if base is None or small is None:
                 continue
-            delta = small["top1_mean"] - base["top1_mean"]
-            noise = 2 * max(base["top1_std"], small["top1_std"])
-            if not (learned(base) or learned(small)):
-                verdict = (f"both near chance ({chance:.0f}%): neither left the initial plateau, "
-                           "so this says nothing about the batch size")
-            elif min(base["seeds"], small["seeds"]) < 2:
-                verdict = "one seed only: no spread to judge it against"
-            elif abs(delta) <= noise:
-                verdict = f"within the seed spread (2 x std = {noise:.1f}): no measurable change"
-            else:
-                verdict = f"beyond the seed spread (2 x std = {noise:.1f})"
-            lines.append(f"- {small['label']}: {base['top1_mean']:.1f}% at 8 clips per process -> "
-                         f"{small['top1_mean']:.1f}% at {clips} ({delta:+.1f} points), {verdict}.")
-    for clips in (8, 2, 1):
+            lines.append(f"- {small['label']}: {base['top1_mean']:.1f}% at {UPDATE_BATCH} clips "
+                         f"per process -> {small['top1_mean']:.1f}% at {clips} "
+                         f"({_compare(base, small, chance)}).")
+    for side in (r for r in rows if r["side_run"]):
+        plain = grid_rows.get((side["norm"], side["clips"]))
+        if plain is not None:
+            lines.append(f"- {side['label']} at {side['clips']} clips per process: "
+                         f"{plain['top1_mean']:.1f}% -> {side['top1_mean']:.1f}% "
+                         f"({_compare(plain, side, chance)}).")
+    for clips in sorted({r["clips"] for r in rows}, reverse=True):
         cells = sorted((r for r in rows if r["clips"] == clips), key=lambda r: -r["top1_mean"])
         if len(cells) > 1:
             lines.append(f"- At {clips} clip{'s' if clips > 1 else ''} per process: " + " > ".join(
@@ -216,7 +313,8 @@ def machine_description() -> str:
 
 
 def plot_top1(rows: list[dict], path: Path) -> bool:
-    """top-1 against clips per process, one line per normalizer (False without matplotlib)."""
+    """top-1 (mean +- std over seeds) against clips per process, one line per normalizer and
+    one per side run (False without matplotlib)."""
     try:
         import matplotlib
     except ImportError:
@@ -224,16 +322,21 @@ def plot_top1(rows: list[dict], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for label in sorted({r["norm"] for r in rows}):
-        line = sorted((r for r in rows if r["norm"] == label), key=lambda r: r["clips"])
-        ax.errorbar([r["clips"] for r in line], [r["top1_mean"] for r in line],
-                    yerr=[r["top1_std"] for r in line], marker="o", capsize=3, label=label)
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    lines = [(n, [r for r in rows if r["norm"] == n and not r["side_run"]]) for n in
+             ("bn", "gn", "sn")] + [(label, [r for r in rows if r["label"] == label])
+                                    for label in SIDE_LABELS.values()]
+    for label, line in lines:
+        line = sorted(line, key=lambda r: r["clips"])
+        if line:
+            ax.errorbar([r["clips"] for r in line], [r["top1_mean"] for r in line],
+                        yerr=[r["top1_std"] for r in line], marker="o", capsize=3, label=label,
+                        linestyle="--" if line[0]["side_run"] else "-")
     ax.set_xscale("log", base=2)
     ticks = sorted({r["clips"] for r in rows})
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set_xlabel(f"clips per process (update batch {UPDATE_BATCH} via accumulation)")
-    ax.set_ylabel("multi-view top-1 (%)")
+    ax.set_ylabel("multi-view top-1 (%), mean +- std over seeds")
     ax.grid(alpha=0.3)
     ax.legend(title="norm (sn at 1: no BN branch)", fontsize=8)
     fig.tight_layout()
@@ -243,32 +346,39 @@ def plot_top1(rows: list[dict], path: Path) -> bool:
     return True
 
 
-def sn_importance_columns(work_dir: Path, cells: list[Cell]) -> list[tuple[str, list]]:
-    """SN importance of the first seed's SN runs at 8 and 2 clips per process (when run), from
-    the sn_importance.json that train.py writes at the end of each run."""
-    seed = min(c.seed for c in cells)
-    columns = []
-    for clips in (8, 2):
-        path = work_dir / Cell("sn", clips, seed).name / "sn_importance.json"
-        if Cell("sn", clips, seed) in cells and path.is_file():
-            rows = [(r["layer"], {"mean": r["mean"], "var": r["var"]})
-                    for r in json.loads(path.read_text())]
-            columns.append((f"sn, {clips} clips per process (seed {seed})", rows))
-    return columns
-
-
-def average_importance(rows: list) -> dict:
-    return {kind: {s: statistics.fmean(imp[kind][s] for _, imp in rows) for s in ("IN", "LN", "BN")}
-            for kind in ("mean", "var")}
+def sn_importance(work_dir: Path, cells: list[Cell]) -> list[dict]:
+    """What SN chose at each clip count: the softmax importance of IN / LN / BN for means and
+    variances, averaged over seeds per layer ("layers"), and over layers and seeds ("mean",
+    "var"), from the sn_importance.json train.py writes at the end of each SN run. A layer
+    without a BN branch (sn at 1 clip) counts BN as 0."""
+    out = []
+    for clips in sorted({c.clips for c in cells if c.norm == "sn"}, reverse=True):
+        runs = [json.loads(p.read_text()) for c in cells if c.norm == "sn" and c.clips == clips
+                for p in [work_dir / c.name / "sn_importance.json"] if p.is_file()]
+        if not runs:
+            continue
+        layers = []
+        for i, first in enumerate(runs[0]):
+            layers.append({"layer": first["layer"], **{kind: {
+                stat: statistics.fmean(run[i][kind].get(stat, 0.0) for run in runs)
+                for stat in ("IN", "LN", "BN")} for kind in ("mean", "var")}})
+        out.append({"clips": clips, "seeds": len(runs), **{kind: {
+            stat: statistics.fmean(layer[kind][stat] for layer in layers)
+            for stat in ("IN", "LN", "BN")} for kind in ("mean", "var")}, "layers": layers})
+    return out
 
 
 def write_report(out: Path, setting: Setting, quick: bool, records: list[dict],
-                 commands: dict[str, list[str]], importance: list, wall_seconds: float,
-                 argv: list[str], figures: dict[str, bool]) -> None:
+                 sweep_table: list[dict], lrs: dict[str, float], commands: dict[str, list[str]],
+                 importance: list[dict], wall_seconds: float, argv: list[str],
+                 figures: dict[str, bool]) -> None:
     rows = summarize(records)
     order = {"bn": 0, "gn": 1, "sn": 2}
-    rows.sort(key=lambda r: (order.get(r["norm"], 9), -r["clips"]))
+    rows.sort(key=lambda r: (r["side_run"], order.get(r["norm"], 9), -r["clips"]))
+    classes = len(setting.dataset["motions"])
+    chance = 100 / classes
     cmd = "python -m snvideo.experiments.batch_study" + "".join(f" {shlex.quote(a)}" for a in argv)
+    timed = [r for r in records if r["seconds"] is not None]
     lines = [
         "# Small-batch study: BN vs GN vs SN as clips per process shrink",
         "",
@@ -277,63 +387,81 @@ def write_report(out: Path, setting: Setting, quick: bool, records: list[dict],
         "",
         f"- Machine: {machine_description()}.",
         f"- Wall time: {wall_seconds / 60:.1f} min for this invocation"
-        + (f"; {sum(r['reused'] for r in records)} of {len(records)} cells were finished by an "
+        + (f"; {sum(r['reused'] for r in records)} of {len(records)} runs were finished by an "
            "earlier invocation and read back" if any(r["reused"] for r in records) else "")
-        + f"; the cells' own train + test wall times add up to "
-        f"{sum(r['seconds'] or 0 for r in records) / 60:.1f} min: "
-        + ", ".join(f"{r['norm']}/{r['clips']}/seed{r['seed']} {r['seconds']:.0f} s"
-                    for r in records if r["seconds"] is not None) + ".",
+        + f"; the runs' own wall times add up to {sum(r['seconds'] for r in timed) / 60:.1f} min.",
         f"- Model: resnet3d_10, width x0.25, 8x2 clips of 32x32 (configs/batch_study.yaml); "
-        f"{setting.epochs} epochs; SGD lr 0.1, cosine; update batch {UPDATE_BATCH} clips in every "
-        "cell (clips per process x accumulation steps), so every cell makes the same updates.",
-        f"- Data: generated motion dataset, `make_demo_dataset(**{json.dumps(setting.dataset)})`.",
-        "- Test: train.py's multi-view test (clips x crops, softmax averaged) on the validation "
-        "videos, final weights.",
+        f"{setting.epochs} epochs; SGD with each norm's swept learning rate, 1 warmup epoch, "
+        f"cosine; update batch {UPDATE_BATCH} clips in every cell (clips per process x "
+        "accumulation steps), so every cell makes the same updates.",
+        f"- Data: generated motion dataset, `make_demo_dataset(**{json.dumps(setting.dataset)})`"
+        f": {setting.dataset['train_per_class']} training videos a class; of the "
+        f"{setting.dataset['val_per_class']} other videos a class, {setting.test_per_class} are "
+        "the test set and the rest the held-out set that scores the learning-rate sweep.",
+        "- Test: train.py's multi-view test (clips x crops, softmax averaged) on the test "
+        "videos, final weights. Side runs: the same weights after `test.py "
+        f"--recompute-norm-stats {RECOMPUTE_BATCHES}` (statistics averaged over "
+        f"{RECOMPUTE_BATCHES} training batches of the cell's clips per process).",
         "",
-        "## Multi-view top-1 (%)",
+        f"## Learning rates (sweep at {UPDATE_BATCH} clips per process, seed "
+        f"{setting.seeds[0]}, scored on the held-out videos)",
         "",
-        "| norm | clips per process | accumulation | seeds | top-1 mean | spread (std) | runs "
-        "| final train loss |",
-        "|---|---|---|---|---|---|---|---|",
+        "| norm | lr | held-out top-1 (single view) | final train loss | chosen |",
+        "|---|---|---|---|---|",
     ]
+    for r in sweep_table:
+        top1 = "n/a" if r["heldout_top1"] is None else f"{r['heldout_top1']:.1f}"
+        loss = "n/a" if r["final_train_loss"] is None else f"{r['final_train_loss']:.2f}"
+        lines.append(f"| {r['norm']} | {r['lr']:g} | {top1} | {loss} | "
+                     f"{'yes' if r['chosen'] else ''} |")
+    lines += ["", "## Multi-view top-1 (%) on the test videos", "",
+              "| norm | clips per process | accumulation | lr | seeds | top-1 mean +- std | runs "
+              "| final train loss |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         runs = ", ".join(f"{v:.1f}" for v in r["top1_runs"])
         loss = "n/a" if r["train_loss_mean"] is None else f"{r['train_loss_mean']:.2f}"
         lines.append(f"| {r['label']} | {r['clips']} | {UPDATE_BATCH // r['clips']} | "
-                     f"{r['seeds']} | {r['top1_mean']:.1f} | {r['top1_std']:.1f} | {runs} "
-                     f"| {loss} |")
-    classes = len(setting.dataset["motions"]) if "motions" in setting.dataset else \
-        setting.dataset.get("classes", 10)
-    lines += ["", f"Chance is {100 / classes:.0f}%; a final train loss near ln({classes}) = "
-              f"{math.log(classes):.2f} means the run never left the initial plateau."]
-    lines += ["", "What the table says (computed; read it with the seed spread in mind):", ""]
-    lines += findings(rows, 100 / classes)
+                     f"{r['lr']:g} | {r['seeds']} | {r['top1_mean']:.1f} +- {r['top1_std']:.1f} "
+                     f"| {runs} | {loss} |")
+    lines += ["", f"Chance is {chance:.0f}%; a final train loss near ln({classes}) = "
+              f"{math.log(classes):.2f} means the run never left the initial plateau.",
+              "", "What the table says (computed; read it with the seed spread in mind):", ""]
+    lines += findings(rows, chance)
     lines.append("")
     if figures.get("top1"):
-        lines += ["![top-1 against clips per process](batch_study_top1.png)", ""]
+        lines += [f"![top-1 against clips per process]({out.stem}_top1.png)", ""]
+    reading = out.with_name(out.stem + "_reading.md")
+    if not quick and reading.is_file():
+        lines += ["## Reading (written by hand from this run's numbers)", "",
+                  reading.read_text().strip(), ""]
     if importance:
-        lines += ["## What SN learned at 8 vs 2 clips per process", "",
-                  "Average over layers of the softmax importance (IN / LN / BN):", "",
-                  "| run | mean: IN | LN | BN | variance: IN | LN | BN |",
-                  "|---|---|---|---|---|---|---|"]
-        for title, imp_rows in importance:
-            avg = average_importance(imp_rows)
-            lines.append(f"| {title} | " + " | ".join(f"{avg[k][s]:.3f}" for k in ("mean", "var")
-                                                      for s in ("IN", "LN", "BN")) + " |")
+        lines += ["## What SN chose as the batch shrinks", "",
+                  "Softmax importance of IN / LN / BN, averaged over layers and seeds:", "",
+                  "| clips per process | seeds | mean: IN | LN | BN | variance: IN | LN | BN |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for entry in importance:
+            lines.append(f"| {entry['clips']} | {entry['seeds']} | " + " | ".join(
+                f"{entry[k][s]:.3f}" for k in ("mean", "var") for s in ("IN", "LN", "BN")) + " |")
         lines.append("")
         if figures.get("importance"):
-            lines += ["![SN importance per layer](batch_study_sn_importance.png)", ""]
-    lines += ["## Commands", "", "Each cell is one train.py run (from the repository root):", "",
-              "```"]
+            lines += [f"![SN importance per layer]({out.stem}_sn_importance.png)", ""]
+    lines += ["## Commands", "", "Each run is one train.py or test.py command (from the "
+              "repository root):", "", "```"]
     lines += [shlex.join(["python", *c[1:]]) for c in commands.values()]
     lines += ["```", ""]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text("\n".join(lines))
     os.replace(tmp, out)
-    with open(out.with_suffix(".json"), "w") as f:
-        json.dump({"records": records, "summary": rows, "quick": quick,
-                   "dataset": setting.dataset, "epochs": setting.epochs}, f, indent=1)
+    data = {"summary": rows, "sn_importance": importance, "lr_sweep": sweep_table, "lrs": lrs,
+            "records": records, "quick": quick, "dataset": setting.dataset,
+            "test_per_class": setting.test_per_class, "epochs": setting.epochs,
+            "update_batch": UPDATE_BATCH, "wall_seconds": round(wall_seconds, 1),
+            "machine": machine_description()}
+    tmp = out.with_name(out.stem + ".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, out.with_suffix(".json"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -347,10 +475,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", nargs="+", type=int, choices=(8, 4, 2, 1),
                         help="clips per process to run")
     parser.add_argument("--seeds", nargs="+", type=int, help="training seeds")
+    parser.add_argument("--lrs", nargs="+", type=float, help="learning rates of the sweep")
     parser.add_argument("--epochs", type=int, help="epochs per cell")
     parser.add_argument("--data-dir", type=Path, help="generated dataset (default data/batch_study"
                         "[_quick])")
-    parser.add_argument("--work-dir", type=Path, help="one folder per cell (default "
+    parser.add_argument("--work-dir", type=Path, help="one folder per run (default "
                         "work_dirs/batch_study[_quick])")
     parser.add_argument("--out", type=Path, help="report (default docs/batch_study.md; with "
                         "--quick work_dirs/batch_study_quick/batch_study.md)")
@@ -359,43 +488,61 @@ def main(argv: list[str] | None = None) -> int:
     setting = QUICK if args.quick else FULL
     suffix = "_quick" if args.quick else ""
     changes = {k: tuple(v) for k, v in (("norms", args.norms), ("clips", args.clips),
-                                        ("seeds", args.seeds)) if v}
+                                        ("seeds", args.seeds), ("lrs", args.lrs)) if v}
     if args.epochs:
         changes["epochs"] = args.epochs
-    setting = Setting(**{**setting.__dict__, **changes})
+    setting = replace(setting, **changes)
     data_dir = (args.data_dir or REPO / "data" / f"batch_study{suffix}").resolve()
     work_dir = (args.work_dir or REPO / "work_dirs" / f"batch_study{suffix}").resolve()
     out = (args.out or (work_dir / "batch_study.md" if args.quick else
                         REPO / "docs" / "batch_study.md")).resolve()
-    cells = grid(setting)
-    if not cells:
-        print("error: the grid is empty (bn needs clips per process >= 2)", file=sys.stderr)
-        return 2
 
     start = time.time()
     from snvideo.data.synthetic import make_demo_dataset
 
     print(f"dataset: {data_dir}")
     make_demo_dataset(data_dir, seed=0, **setting.dataset)
-    records, commands = [], {}
-    for i, cell in enumerate(cells):
-        commands[cell.name] = cell_command(cell, setting, data_dir, work_dir)
-        print(f"({i + 1}/{len(cells)}) ", end="")
-        records.append(run_cell(cell, commands[cell.name], work_dir / cell.name))
+    split_heldout(data_dir, setting.test_per_class)
+    commands: dict[str, list[str]] = {}
+
+    def run_all(runs: list, what: str) -> list[dict]:
+        records = []
+        for i, run in enumerate(runs):
+            if isinstance(run, SideRun):
+                commands[run.name] = side_command(run, work_dir)
+            else:
+                commands[run.name] = cell_command(run, setting, data_dir, work_dir)
+            print(f"{what} ({i + 1}/{len(runs)}) ", end="")
+            records.append(run_cell(run, commands[run.name], work_dir / run.name))
+        return records
+
+    if len(setting.lrs) > 1:
+        lrs, sweep_table = choose_lrs(run_all(sweep(setting), "lr sweep"))
+    else:  # nothing to choose
+        lrs = {norm: setting.lrs[0] for norm in setting.norms}
+        sweep_table = [{"norm": n, "lr": lr, "heldout_top1": None, "final_train_loss": None,
+                        "chosen": True} for n, lr in lrs.items()]
+    print("learning rates: " + ", ".join(f"{n} {lr:g}" for n, lr in lrs.items()))
+    cells = grid(setting, lrs)
+    records = run_all(cells, "grid")
+    records += run_all(side_runs(setting, cells), "side run")
 
     rows = summarize(records)
     figures = {"top1": plot_top1(rows, out.with_name(out.stem + "_top1.png"))}
-    importance = sn_importance_columns(work_dir, cells)
+    importance = sn_importance(work_dir, cells)
     if importance:
         try:
             from snvideo.analysis.sn_weights import plot_importance
 
-            plot_importance(importance, str(out.with_name(out.stem + "_sn_importance.png")))
+            columns = [(f"sn, {e['clips']} clip{'s' if e['clips'] > 1 else ''} per process "
+                        f"({e['seeds']} seeds)",
+                        [(layer["layer"], layer) for layer in e["layers"]]) for e in importance]
+            plot_importance(columns, str(out.with_name(out.stem + "_sn_importance.png")))
             figures["importance"] = True
         except ImportError:
             figures["importance"] = False
-    write_report(out, setting, args.quick, records, commands, importance, time.time() - start,
-                 argv, figures)
+    write_report(out, setting, args.quick, records, sweep_table, lrs, commands, importance,
+                 time.time() - start, argv, figures)
     print(f"wrote {out} ({(time.time() - start) / 60:.1f} min)")
     return 0
 
