@@ -5,14 +5,17 @@
 
 Videos: Kinetics-like 10 s, 340x256, 30 fps H.264 (libx264 defaults, so one keyframe per 250
 frames), generated once and cached in --workdir; plus the same re-encoded by
-`data_tools/resize_videos.py --short-side 256 --gop 16`.  A clip is 32 frames at interval 2
-(63 frames) at a random offset.  Methods, each timed on both sets:
+`data_tools/resize_videos.py --short-side 256 --gop 16` (CAVLC, its default) and by the same
+with `--cabac`.  A clip is 32 frames at interval 2 (63 frames) at a random offset.  Methods,
+each timed on every set:
 
 * bare decord: open + `get_batch` (decord with one thread), as MMAction2's DecordInit/Decode;
 * bare PyAV seek: open, seek to the keyframe at or before the clip, decode forward to its end;
 * ours: one `snvideo.data.VideoDataset` training item as train.py's workers make it (decode
   with backend="auto", sample, `train_transform(256, 224)` crop + resize + flip in uint8;
-  the normalization runs once per batch on the training device, timed in the next table).
+  the normalization runs once per batch on the training device, timed in the next table);
+* ours decoding every frame: the same with `pyav_backend.SKIP_NONREF` off, i.e. without
+  letting the decoder drop the frames that are neither in the clip nor references.
 
 The process is pinned to one CPU and every library is told to use one thread, so the numbers
 are what each DataLoader worker delivers.  Rates are clips per second of this process's CPU
@@ -91,11 +94,12 @@ def kinetics_like_frames(rng: np.random.Generator, frames: int = 300, height: in
 
 
 def prepare_videos(workdir: Path, count: int, seed: int = 0,
-                   gop: int = 16) -> tuple[list[Path], list[Path]]:
-    """(default-GOP videos, dense-GOP re-encodes), generated once and cached in ``workdir``."""
+                   gop: int = 16) -> tuple[list[Path], list[Path], list[Path]]:
+    """(default-GOP videos, dense-GOP re-encodes as resize_videos makes them (CAVLC), the same
+    with --cabac), generated once and cached in ``workdir``."""
     from snvideo.data.synthetic import write_video
 
-    src, dense = workdir / "default_gop", workdir / f"gop{gop}"
+    src, dense = workdir / "default_gop", workdir / f"gop{gop}_cavlc"
     videos = []
     for i in range(count):
         path = src / f"clip{i:03d}.mp4"
@@ -108,11 +112,13 @@ def prepare_videos(workdir: Path, count: int, seed: int = 0,
     sys.path.insert(0, str(REPO / "data_tools"))
     import resize_videos
 
-    rc = resize_videos.main([str(src), str(dense), "--short-side", "256", "--gop", str(gop),
-                             "--workers", str(min(8, os.cpu_count() or 1))])
-    if rc != 0:
-        raise SystemExit(f"resize_videos failed with status {rc}")
-    return videos, [dense / v.name for v in videos]
+    cabac = workdir / f"gop{gop}_cabac"
+    for out, extra in ((dense, []), (cabac, ["--cabac"])):
+        rc = resize_videos.main([str(src), str(out), "--short-side", "256", "--gop", str(gop),
+                                 "--workers", str(min(8, os.cpu_count() or 1)), *extra])
+        if rc != 0:
+            raise SystemExit(f"resize_videos failed with status {rc}")
+    return videos, [dense / v.name for v in videos], [cabac / v.name for v in videos]
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,14 +173,21 @@ def train_set(paths: list[Path], workdir: Path, tag: str, normalize: bool = Fals
                         normalize=normalize)
 
 
-def make_ours(paths: list[Path], workdir: Path,
-              tag: str) -> Callable[[Path, np.random.Generator], object]:
-    """A reader that fetches one training item of VideoDataset (its own random offset)."""
+def make_ours(paths: list[Path], workdir: Path, tag: str,
+              skip_nonref: bool = True) -> Callable[[Path, np.random.Generator], object]:
+    """A reader that fetches one training item of VideoDataset (its own random offset);
+    skip_nonref=False decodes every frame from the keyframe on (pyav_backend.SKIP_NONREF)."""
+    from snvideo.data import pyav_backend
+
     ds = train_set(paths, workdir, tag)
     index = {p.name: i for i, p in enumerate(paths)}
 
     def read(path: Path, rng: np.random.Generator) -> object:
-        return ds[index[path.name]]
+        pyav_backend.SKIP_NONREF = skip_nonref
+        try:
+            return ds[index[path.name]]
+        finally:
+            pyav_backend.SKIP_NONREF = True
 
     return read
 
@@ -334,22 +347,26 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     args.workdir.mkdir(parents=True, exist_ok=True)
     print(f"preparing {args.videos} videos in {args.workdir} ...", flush=True)
-    default_gop, dense_gop = prepare_videos(args.workdir, args.videos, args.seed, args.gop)
+    default_gop, dense_gop, cabac_gop = prepare_videos(args.workdir, args.videos, args.seed,
+                                                       args.gop)
     pinned_from = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     pinned = pin_to_one_core()
 
     bare_decord = "bare decord (open + get_batch)"
     bare_pyav = "bare PyAV seek (keyframe seek + decode forward)"
     ours = "ours: VideoDataset item (auto decoder, sample, train_transform(256, 224) in uint8)"
+    ours_all = "ours, decoding every frame (SKIP_NONREF off)"
     methods: dict[str, Callable[[list[Path], str], Callable]] = {
         bare_decord: lambda paths, tag: decord_clip,
         bare_pyav: lambda paths, tag: pyav_clip,
         ours: lambda paths, tag: make_ours(paths, args.workdir, tag),
+        ours_all: lambda paths, tag: make_ours(paths, args.workdir, tag, skip_nonref=False),
     }
+    sets = (("default", default_gop), ("dense", dense_gop), ("cabac", cabac_gop))
     cells = {}
     rates: dict[tuple[str, str], float] = {}
     for name, factory in methods.items():
-        for tag, paths in (("default", default_gop), ("dense", dense_gop)):
+        for tag, paths in sets:
             try:
                 cells[name, tag] = (factory(paths, tag), paths)
             except ImportError as e:
@@ -363,14 +380,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.videos} videos 10 s 340x256 30 fps; clip {CLIP_LEN}x{INTERVAL}; "
           f"{args.clips} clips per cell")
     print()
-    print(f"| method | clips/CPU-s, default GOP (250) | clips/CPU-s, GOP {args.gop} "
-          f"| GOP {args.gop} / default |")
-    print("|---|---:|---:|---:|")  # clips per CPU-second
+    print(f"| method | clips/CPU-s, default GOP (250) | GOP {args.gop} (resize_videos: CAVLC) "
+          f"| GOP {args.gop}, --cabac | GOP {args.gop} / default |")
+    print("|---|---:|---:|---:|---:|")  # clips per CPU-second
     for name in methods:
-        a, b = rates[name, "default"], rates[name, "dense"]
-        print(f"| {name} | {fmt(a)} | {fmt(b)} | {fmt(b / a)}x |")
+        a, b, c = (rates[name, tag] for tag, _ in sets)
+        print(f"| {name} | {fmt(a)} | {fmt(b)} | {fmt(c)} | {fmt(b / a)}x |")
     print()
-    for tag, label in (("default", "default GOP"), ("dense", f"GOP {args.gop}")):
+    for tag, label in (("default", "default GOP"), ("dense", f"GOP {args.gop}"),
+                       ("cabac", f"GOP {args.gop} --cabac")):
         fastest = max((bare_decord, bare_pyav), key=lambda n: np.nan_to_num(rates[n, tag]))
         ratio = rates[ours, tag] / rates[fastest, tag]
         print(f"ours / fastest bare decoder ({fastest.split(' (')[0]}), {label}: {fmt(ratio)} "

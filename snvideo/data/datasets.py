@@ -290,7 +290,8 @@ class VideoDataset(_ClipDataset):
 
 
 class RawFrameDataset(_ClipDataset):
-    """Clips read from folders of extracted frames listed as `frame_dir total_frames label`."""
+    """Clips read from folders of extracted frames listed as `frame_dir total_frames label`
+    (cache_bytes: decoded frames kept in memory, as for VideoDataset)."""
 
     def __init__(
         self,
@@ -310,6 +311,7 @@ class RawFrameDataset(_ClipDataset):
         filename_tmpl: str = "img_{:05d}.jpg",
         start_index: int = 1,
         normalize: bool = True,
+        cache_bytes: int = 0,
     ):
         self.ann_file, self.root = os.fspath(ann_file), os.fspath(root)
         self.filename_tmpl, self.start_index = filename_tmpl, start_index

@@ -30,6 +30,9 @@ PROBE_OPTIONS = {"codec_whitelist": "mpeg4"}
 # the decoder, whose reordering delay (frames already decoded ahead) is then decoded again.
 # Seeking at every keyframe made a 32x2 clip at GOP 16 take 27.1 ms instead of 23.7 ms.
 SEEK_GAP = 8
+# Let the decoder drop packets of frames that are neither wanted nor references (see
+# PyAVBackend._decode_skipping); False decodes every frame (benchmarks/bench_data.py compares).
+SKIP_NONREF = True
 
 
 @dataclass
@@ -193,7 +196,7 @@ class PyAVBackend:
         context = self._stream.codec_context
         for packet in self._container.demux(self._stream):
             wanted = packet.pts is None or packet.pts in wanted_pts  # None: the final flush
-            context.skip_frame = "DEFAULT" if wanted else "NONREF"
+            context.skip_frame = "NONREF" if SKIP_NONREF and not wanted else "DEFAULT"
             yield from context.decode(packet)
 
     def _read_sequential(self, wanted: list[int]) -> list[np.ndarray]:
