@@ -369,16 +369,18 @@ def sn_importance(work_dir: Path, cells: list[Cell]) -> list[dict]:
 
 
 def write_report(out: Path, setting: Setting, quick: bool, records: list[dict],
-                 sweep_table: list[dict], lrs: dict[str, float], commands: dict[str, list[str]],
+                 sweep_records: list[dict], sweep_table: list[dict], lrs: dict[str, float],
+                 commands: dict[str, list[str]],
                  importance: list[dict], wall_seconds: float, argv: list[str],
                  figures: dict[str, bool]) -> None:
     rows = summarize(records)
+    runs = list({r["name"]: r for r in sweep_records + records}.values())  # each run once
     order = {"bn": 0, "gn": 1, "sn": 2}
     rows.sort(key=lambda r: (r["side_run"], order.get(r["norm"], 9), -r["clips"]))
     classes = len(setting.dataset["motions"])
     chance = 100 / classes
     cmd = "python -m snvideo.experiments.batch_study" + "".join(f" {shlex.quote(a)}" for a in argv)
-    timed = [r for r in records if r["seconds"] is not None]
+    timed = [r for r in runs if r["seconds"] is not None]  # sweep runs included
     lines = [
         "# Small-batch study: BN vs GN vs SN as clips per process shrink",
         "",
@@ -387,8 +389,8 @@ def write_report(out: Path, setting: Setting, quick: bool, records: list[dict],
         "",
         f"- Machine: {machine_description()}.",
         f"- Wall time: {wall_seconds / 60:.1f} min for this invocation"
-        + (f"; {sum(r['reused'] for r in records)} of {len(records)} runs were finished by an "
-           "earlier invocation and read back" if any(r["reused"] for r in records) else "")
+        + (f"; {sum(r['reused'] for r in runs)} of {len(runs)} runs were finished by an "
+           "earlier invocation and read back" if any(r["reused"] for r in runs) else "")
         + f"; the runs' own wall times add up to {sum(r['seconds'] for r in timed) / 60:.1f} min.",
         f"- Model: resnet3d_10, width x0.25, 8x2 clips of 32x32 (configs/batch_study.yaml); "
         f"{setting.epochs} epochs; SGD with each norm's swept learning rate, 1 warmup epoch, "
@@ -455,7 +457,8 @@ def write_report(out: Path, setting: Setting, quick: bool, records: list[dict],
     tmp.write_text("\n".join(lines))
     os.replace(tmp, out)
     data = {"summary": rows, "sn_importance": importance, "lr_sweep": sweep_table, "lrs": lrs,
-            "records": records, "quick": quick, "dataset": setting.dataset,
+            "records": records, "sweep_records": sweep_records,
+            "quick": quick, "dataset": setting.dataset,
             "test_per_class": setting.test_per_class, "epochs": setting.epochs,
             "update_batch": UPDATE_BATCH, "wall_seconds": round(wall_seconds, 1),
             "machine": machine_description()}
@@ -504,20 +507,27 @@ def main(argv: list[str] | None = None) -> int:
     make_demo_dataset(data_dir, seed=0, **setting.dataset)
     split_heldout(data_dir, setting.test_per_class)
     commands: dict[str, list[str]] = {}
+    finished: dict[str, dict] = {}  # the runs of this invocation, by name
 
     def run_all(runs: list, what: str) -> list[dict]:
         records = []
         for i, run in enumerate(runs):
+            if run.name in finished:  # a sweep run that is also a grid cell
+                print(f"{what} ({i + 1}/{len(runs)}) [{run.name}] from the sweep")
+                records.append(finished[run.name])
+                continue
             if isinstance(run, SideRun):
                 commands[run.name] = side_command(run, work_dir)
             else:
                 commands[run.name] = cell_command(run, setting, data_dir, work_dir)
             print(f"{what} ({i + 1}/{len(runs)}) ", end="")
-            records.append(run_cell(run, commands[run.name], work_dir / run.name))
+            finished[run.name] = run_cell(run, commands[run.name], work_dir / run.name)
+            records.append(finished[run.name])
         return records
 
-    if len(setting.lrs) > 1:
-        lrs, sweep_table = choose_lrs(run_all(sweep(setting), "lr sweep"))
+    sweep_records = run_all(sweep(setting), "lr sweep") if len(setting.lrs) > 1 else []
+    if sweep_records:
+        lrs, sweep_table = choose_lrs(sweep_records)
     else:  # nothing to choose
         lrs = {norm: setting.lrs[0] for norm in setting.norms}
         sweep_table = [{"norm": n, "lr": lr, "heldout_top1": None, "final_train_loss": None,
@@ -541,8 +551,8 @@ def main(argv: list[str] | None = None) -> int:
             figures["importance"] = True
         except ImportError:
             figures["importance"] = False
-    write_report(out, setting, args.quick, records, sweep_table, lrs, commands, importance,
-                 time.time() - start, argv, figures)
+    write_report(out, setting, args.quick, records, sweep_records, sweep_table, lrs,
+                 commands, importance, time.time() - start, argv, figures)
     print(f"wrote {out} ({(time.time() - start) / 60:.1f} min)")
     return 0
 
