@@ -7,9 +7,10 @@ SRC/a/b.webm -> OUT/a/b.mp4: short side resized to --short-side (both dimensions
 yuv420p needs), a keyframe every --gop frames and no scene-cut keyframes (so reading a clip
 seeks to a keyframe at most gop-1 frames before it), audio dropped, same frames and frame
 rate.  Entropy coding is CAVLC unless --cabac: on the 340x256 benchmark videos of
-benchmarks/bench_data.py, CABAC made GOP-16 files 11% smaller and a training clip 1.6x slower
-to decode (deblocking stays on; x264's `tune=fastdecode` would also turn it off, for 5% more
-speed and visibly blockier frames).  Outputs are written under a temporary name and renamed when complete; existing
+benchmarks/bench_data.py, CABAC made GOP-16 files 11% smaller and a training clip 1.3-1.7x
+slower to decode. The deblocking filter stays on: x264's `tune=fastdecode` also turns it off,
+which was about 5% faster again on the same files, at a cost in picture quality that was not
+measured.  Outputs are written under a temporary name and renamed when complete; existing
 outputs are skipped on a re-run.
 """
 from __future__ import annotations

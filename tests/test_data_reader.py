@@ -159,6 +159,20 @@ def test_pyav_skips_unwanted_non_reference_frames_and_reads_the_same_frames(tmp_
         assert reader._backend._stream.codec_context.skip_frame == "DEFAULT"  # reset after
 
 
+def test_pyav_skipping_survives_a_seek_between_clips(tmp_path, video_tools):
+    """Two clips far apart, so the reader seeks between them. The first ends while unwanted
+    B-frames are being skipped; the second starts at its keyframe with wanted B-frames right
+    after it, which must not be skipped (else the reader falls back to decoding everything
+    from the start)."""
+    path = video_tools.write_video(tmp_path / "two.mp4", "libx264", 240, options={
+        "bf": "3", "g": "24", "sc_threshold": "0", "x264-params": "b-adapt=0:b-pyramid=0"})
+    wanted = list(range(10, 41, 2)) + list(range(192, 200))
+    with VideoReader(path, backend="pyav") as reader:
+        check_frames(reader, wanted, video_tools)
+        assert reader._backend.seeks_exactly
+        assert reader.frames_decoded < 60  # two short passes, not 200 frames from the start
+
+
 def test_truncated_file_raises_for_frames_it_lost(tmp_path, video_tools):
     """Header (moov at the front) promises 60 frames, the data holds about half."""
     path = video_tools.write_video(

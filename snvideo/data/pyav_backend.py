@@ -194,6 +194,7 @@ class PyAVBackend:
         between the keyframe and a clip, and of the frames inside it that the frame interval
         leaves out."""
         context = self._stream.codec_context
+        context.skip_frame = "DEFAULT"  # an earlier pass (before a seek) may have left NONREF
         skipping = False
         for packet in self._container.demux(self._stream):
             # pts None: the final flush packet
