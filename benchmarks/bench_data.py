@@ -307,14 +307,9 @@ def machine_line() -> str:
     import decord
     import torch
 
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from snvideo.machine import cpu_name
+
+    model = cpu_name()
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     return (f"{model}, {os.cpu_count()} CPUs (load average {load}), Python "
             f"{platform.python_version()}, torch {torch.__version__}, decord "

@@ -43,6 +43,7 @@ from snvideo.data.synthetic import write_video  # noqa: E402
 from snvideo.data.transforms import crop, to_normalized_clip  # noqa: E402
 from snvideo.engine.distributed import enable_cudnn_benchmark  # noqa: E402
 from snvideo.evaluation import evaluate, predict_views  # noqa: E402
+from snvideo.machine import cpu_name  # noqa: E402
 from snvideo.models import build_model  # noqa: E402
 
 
@@ -187,17 +188,6 @@ def table(rows: list[dict]) -> str:
                        f"{views_s / n:.3f} | {decoded} | {range_ratio} | {union_ratio} | "
                        f"{speed[0]} | {speed[1]} |")
     return "\n".join(out)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,6 +56,7 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import bench_norm  # noqa: E402
 
 from snvideo.config import load_config  # noqa: E402
+from snvideo.machine import cpu_name  # noqa: E402
 from snvideo.models import build_model  # noqa: E402
 
 SECTIONS = ("env", "tests", "norm", "step", "memory", "decode")
@@ -187,17 +188,6 @@ def nvidia_smi(query: str) -> str:
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout else "unknown"
     except (OSError, subprocess.TimeoutExpired):
         return "unknown (no nvidia-smi)"
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # --- tests -------------------------------------------------------------------------------------

@@ -72,3 +72,15 @@ def write_video(
 def video_tools():
     """Helpers to write and recognise index-encoding test videos."""
     return types.SimpleNamespace(write_video=write_video, frame_index=frame_index, index_frame=index_frame)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A 3-class generated demo dataset (4 training, 2 validation videos a class, 32x32), made
+    once per session for the tests that train on it."""
+    from snvideo.data.synthetic import make_demo_dataset
+
+    root = tmp_path_factory.mktemp("tiny_demo")
+    make_demo_dataset(root, classes=3, train_per_class=4, val_per_class=2, size=32, frames=16,
+                      seed=0, workers=1)
+    return root

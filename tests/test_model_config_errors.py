@@ -9,7 +9,7 @@ import train as train_script
 from snvideo.config import ConfigError, ModelConfig
 from snvideo.engine.builders import model_from_config
 from snvideo.norm import build_norm
-from test_train import tiny_data, write_config  # noqa: F401  (tiny_data is a fixture)
+from test_train import write_config
 
 NARROW = {"widen_factor": 0.25, "no_max_pool": True}  # a 16-channel stem
 

@@ -366,16 +366,6 @@ def test_backbone_lr_mult_in_the_optimizer_groups():
 
 
 # --- train.py -----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_videos(tmp_path_factory):
-    from snvideo.data.synthetic import make_demo_dataset
-
-    root = tmp_path_factory.mktemp("finetune_demo")
-    make_demo_dataset(root, classes=3, train_per_class=4, val_per_class=2, size=32, frames=16,
-                      seed=0, workers=1)
-    return root
-
-
 def write_config(tmp_path, data_root, model: dict, train: dict | None = None) -> str:
     cfg = {
         "work_dir": str(tmp_path / "work"),
@@ -400,9 +390,9 @@ def _bn_checkpoint(path, num_classes=5):
     return model.state_dict()
 
 
-def test_train_converts_freezes_and_reports(tmp_path, tiny_videos, capsys):
+def test_train_converts_freezes_and_reports(tmp_path, tiny_data, capsys):
     pretrained = _bn_checkpoint(tmp_path / "bn.pt")  # 5 classes, the data has 3
-    cfg = write_config(tmp_path, tiny_videos,
+    cfg = write_config(tmp_path, tiny_data,
                        model={"norm": "sn", "pretrained": str(tmp_path / "bn.pt"),
                               "pretrained_bn_to_sn": True, "pretrained_bn_logit": 6.0,
                               "frozen_stages": 1},
@@ -425,9 +415,9 @@ def test_train_converts_freezes_and_reports(tmp_path, tiny_videos, capsys):
     assert groups == {"head": 0.05, "backbone": pytest.approx(0.025)}
 
 
-def test_train_freeze_norm_stats_keeps_every_statistic(tmp_path, tiny_videos):
+def test_train_freeze_norm_stats_keeps_every_statistic(tmp_path, tiny_data):
     pretrained = _bn_checkpoint(tmp_path / "bn.pt", num_classes=3)
-    cfg = write_config(tmp_path, tiny_videos,
+    cfg = write_config(tmp_path, tiny_data,
                        model={"norm": "bn", "pretrained": str(tmp_path / "bn.pt"),
                               "pretrained_format": "snvideo", "freeze_norm_stats": True})
     assert train_script.main(["--config", cfg]) == 0
@@ -447,12 +437,12 @@ def test_train_freeze_norm_stats_keeps_every_statistic(tmp_path, tiny_videos):
     ({}, {"backbone_lr_mult": -1}, "train.backbone_lr_mult"),
     ({"freeze_norm_stats": True}, {"sn_batch_average": True}, "sn_batch_average"),
 ])
-def test_train_config_errors_exit_2_with_one_line(model, train, match, tmp_path, tiny_videos,
+def test_train_config_errors_exit_2_with_one_line(model, train, match, tmp_path, tiny_data,
                                                   capsys):
     (tmp_path / "notes.txt").write_text("hello\n")
     model = {k: v.replace("PLACEHOLDER", str(tmp_path)) if isinstance(v, str) else v
              for k, v in model.items()}
-    cfg = write_config(tmp_path, tiny_videos, model={"norm": "sn", **model}, train=train)
+    cfg = write_config(tmp_path, tiny_data, model={"norm": "sn", **model}, train=train)
     assert train_script.main(["--config", cfg]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and match in err, err

@@ -19,7 +19,7 @@ from snvideo.data import ResumableSampler
 from snvideo.engine import checkpoint as checkpoint_module
 from snvideo.engine.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from snvideo.engine.logbook import Logbook
-from test_train import REPO, epoch_records, tiny_data, write_config  # noqa: F401 (fixture)
+from test_train import REPO, epoch_records, write_config
 
 # 12 training videos, 2 clips a batch: 6 updates an epoch, latest.pt after every 2nd
 RESUME_TRAIN = {"epochs": 2, "lr": 0.05, "checkpoint_every_iters": 2, "keep_checkpoints": 0,

@@ -21,16 +21,6 @@ TINY_MODEL = {"arch": "resnet3d_10", "norm": "sn", "dropout": 0.0,
               "arch_kwargs": {"widen_factor": 0.125, "no_max_pool": True}}
 
 
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory):
-    from snvideo.data.synthetic import make_demo_dataset
-
-    root = tmp_path_factory.mktemp("tiny_demo")
-    make_demo_dataset(root, classes=3, train_per_class=4, val_per_class=2, size=32, frames=16,
-                      seed=0, workers=1)
-    return root
-
-
 def write_config(tmp_path, data_root, name="cfg.yaml", **sections) -> str:
     cfg = {
         "work_dir": str(tmp_path / "work"),

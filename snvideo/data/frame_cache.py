@@ -70,15 +70,12 @@ class FrameCache:
         if self.full:
             return open_file(index)
         with open_file(index) as reader:
-            frames = reader.get_frames(np.arange(len(reader)))
-            path = str(getattr(reader, "path", index))
-        cached = CachedFrames(path, frames)
-        size = frames.numel() * frames.element_size()
+            cached = CachedFrames(reader.path, reader.get_frames(np.arange(len(reader))))
+        size = cached.frames.numel() * cached.frames.element_size()
         if self.bytes + size > self.max_bytes:
             self.full = True
             logger.warning("data.cache is full (%.2f GB in this process, data.cache_max_gb); "
-                               "further videos are decoded from their files",
-                               self.bytes / 1e9)
+                           "further videos are decoded from their files", self.bytes / 1e9)
             return cached
         self._videos[index] = cached
         self.bytes += size

@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 
 from snvideo.config import load_config
+from snvideo.machine import cpu_name
 
 REPO = Path(__file__).resolve().parents[2]
 UPDATE_BATCH = 8  # clips per optimizer update in every cell
@@ -300,13 +301,7 @@ def findings(rows: list[dict], chance: float) -> list[str]:
 
 
 def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
+    cpu = cpu_name()
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
     return (f"{cpu}, {os.cpu_count()} CPU cores{gpu}; Python {platform.python_version()}, "
             f"torch {torch.__version__}, {platform.system()} {platform.release()}")
@@ -452,19 +447,21 @@ def write_report(out: Path, setting: Setting, quick: bool, records: list[dict],
               "repository root):", "", "```"]
     lines += [shlex.join(["python", *c[1:]]) for c in commands.values()]
     lines += ["```", ""]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, out)
+    _write_atomically(out, "\n".join(lines))
     data = {"summary": rows, "sn_importance": importance, "lr_sweep": sweep_table, "lrs": lrs,
             "records": records, "sweep_records": sweep_records,
             "quick": quick, "dataset": setting.dataset,
             "test_per_class": setting.test_per_class, "epochs": setting.epochs,
             "update_batch": UPDATE_BATCH, "wall_seconds": round(wall_seconds, 1),
             "machine": machine_description()}
-    tmp = out.with_name(out.stem + ".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, out.with_suffix(".json"))
+    _write_atomically(out.with_suffix(".json"), json.dumps(data, indent=1))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
