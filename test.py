@@ -139,6 +139,7 @@ def recompute_stats(model, cfg: Config, device, num_batches: int) -> None:
     from torch.utils.data import DataLoader
 
     from snvideo.data.datasets import collate_clips
+    from snvideo.data.worker_memory import init_worker
     from snvideo.engine.batches import model_inputs
     from snvideo.engine.builders import train_dataset
     from snvideo.norm import recompute_norm_stats
@@ -149,7 +150,7 @@ def recompute_stats(model, cfg: Config, device, num_batches: int) -> None:
     dataset = train_dataset(cfg)
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True,
                         num_workers=cfg.data.num_workers, collate_fn=collate_clips,
-                        generator=torch.Generator().manual_seed(cfg.train.seed))
+                        worker_init_fn=init_worker, generator=torch.Generator().manual_seed(cfg.train.seed))
     used = recompute_norm_stats(model, model_inputs(loader, device, dataset.transform,
                                                     cfg.train.channels_last), num_batches)
     print(f"norm statistics recomputed over {used} batches of {cfg.data.batch_size} clips "

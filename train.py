@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from snvideo.config import Config, ConfigError, TestConfig, load_config, save_config
 from snvideo.data.datasets import ResumableSampler, collate_clips
+from snvideo.data.worker_memory import init_worker
 from snvideo.engine import builders
 from snvideo.engine.batches import model_inputs, to_model_input
 from snvideo.engine.checkpoint import (all_finite, prune_epoch_checkpoints,
@@ -266,7 +267,7 @@ def make_train_loader(dataset, cfg: Config, env: DistEnv) -> DataLoader:
     workers = cfg.data.num_workers
     return DataLoader(dataset, batch_size=cfg.data.batch_size, sampler=sampler,
                       num_workers=workers, drop_last=True, pin_memory=env.device.type == "cuda",
-                      collate_fn=collate_clips,
+                      collate_fn=collate_clips, worker_init_fn=init_worker,
                       persistent_workers=workers > 0,
                       generator=torch.Generator().manual_seed(cfg.train.seed))
 

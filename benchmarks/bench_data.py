@@ -1,7 +1,7 @@
 """Data-loading throughput per worker: clips/s of one process on one core.
 
     python benchmarks/bench_data.py [--quick] [--workdir DIR] [--videos 10] [--clips 100]
-                                    [--gop 16] [--batches 30] [--reps 20]
+                                    [--gop 16] [--batches 30] [--reps 20] [--malloc-defaults]
 
 Videos: Kinetics-like 10 s, 340x256, 30 fps H.264 (libx264 defaults, so one keyframe per 250
 frames), generated once and cached in --workdir; plus the same re-encoded by
@@ -14,11 +14,16 @@ each timed on every set:
 * ours: one `snvideo.data.VideoDataset` training item as train.py's workers make it (decode
   with backend="auto", sample, `train_transform(256, 224)` crop + resize + flip in uint8;
   the normalization runs once per batch on the training device, timed in the next table);
-* ours decoding every frame: the same with `pyav_backend.SKIP_NONREF` off, i.e. without
-  letting the decoder drop the frames that are neither in the clip nor references.
+* ours decoding every frame: the same with `pyav_backend.SKIP_NONREF` and `DRAIN` off, i.e.
+  without letting the decoder drop the frames that are neither in the clip nor references, and
+  feeding it packets until it hands out the clip's last frame;
+* ours indexing by demuxing: the same with `pyav_backend.SAMPLE_TABLE` off, i.e. every packet
+  demuxed on open instead of reading the MP4 sample table.
 
-The process is pinned to one CPU and every library is told to use one thread, so the numbers
-are what each DataLoader worker delivers.  Rates are clips per second of this process's CPU
+The process is pinned to one CPU and every library is told to use one thread, and it keeps
+the memory it frees as train.py's DataLoader workers do (`snvideo.data.worker_memory`;
+--malloc-defaults leaves glibc's defaults, for every method alike), so the numbers are what
+each DataLoader worker delivers.  Rates are clips per second of this process's CPU
 time (robust to other load on a shared machine); wall-clock rates are printed below the table.
 "ours / fastest bare" divides by the faster of the two bare decoders for that video set.
 
@@ -30,7 +35,9 @@ clip (1 clip, test sampling) and a 10-clip test (the union of 10 evenly spaced 3
 Then a DataLoader row (default-GOP videos, wall clock, unpinned): clips/s with 1 and 2
 workers, batches of 4, up to the model's float input tensor in this process, for
 train.py's pipeline (uint8 from the workers, `to_model_input` normalizes in the main process)
-and for the float pipeline it replaced (normalized in the workers).
+and for the float pipeline it replaced (normalized in the workers). The workers keep freed
+memory as train.py's do; so does this main process, unlike train.py's (its normalization
+buffers are above glibc's largest mmap threshold either way).
 """
 from __future__ import annotations
 
@@ -174,20 +181,23 @@ def train_set(paths: list[Path], workdir: Path, tag: str, normalize: bool = Fals
 
 
 def make_ours(paths: list[Path], workdir: Path, tag: str,
-              skip_nonref: bool = True) -> Callable[[Path, np.random.Generator], object]:
-    """A reader that fetches one training item of VideoDataset (its own random offset);
-    skip_nonref=False decodes every frame from the keyframe on (pyav_backend.SKIP_NONREF)."""
+              **switches: bool) -> Callable[[Path, np.random.Generator], object]:
+    """A reader that fetches one training item of VideoDataset (its own random offset), with
+    pyav_backend's switches (SKIP_NONREF, DRAIN, SAMPLE_TABLE) set as given while it reads."""
     from snvideo.data import pyav_backend
 
     ds = train_set(paths, workdir, tag)
     index = {p.name: i for i, p in enumerate(paths)}
+    defaults = {name: getattr(pyav_backend, name) for name in switches}
 
     def read(path: Path, rng: np.random.Generator) -> object:
-        pyav_backend.SKIP_NONREF = skip_nonref
+        for name, value in switches.items():
+            setattr(pyav_backend, name, value)
         try:
             return ds[index[path.name]]
         finally:
-            pyav_backend.SKIP_NONREF = True
+            for name, value in defaults.items():
+                setattr(pyav_backend, name, value)
 
     return read
 
@@ -255,13 +265,14 @@ def loader_rate(paths: list[Path], workdir: Path, workers: int, batches: int,
 
     from snvideo.data import ResumableSampler
     from snvideo.data.datasets import collate_clips
+    from snvideo.data.worker_memory import init_worker
     from snvideo.engine.batches import to_model_input
 
     ds = train_set(paths, workdir, "loader", normalize)
     sampler = ResumableSampler(len(ds) * 1000, seed=workers)  # keys (index, epoch); wrap below
     keys = [(i % len(ds), e) for i, e in sampler][: (batches + 1) * LOADER_BATCH]
     loader = DataLoader(_Keyed(ds, keys), batch_size=LOADER_BATCH, num_workers=workers,
-                        collate_fn=collate_clips)  # as train.py
+                        collate_fn=collate_clips, worker_init_fn=init_worker)  # as train.py
     device = torch.device("cpu")
     it = iter(loader)
     to_model_input(next(it)[0], device, ds.transform)  # warm-up: worker start, first open
@@ -332,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gop", type=int, default=16, help="keyframe interval of the re-encode")
     p.add_argument("--batches", type=int, default=30, help="DataLoader batches timed per row cell")
     p.add_argument("--reps", type=int, default=20, help="requests timed per decoder-table cell")
+    p.add_argument("--malloc-defaults", action="store_true",
+                   help="keep glibc's malloc defaults instead of the DataLoader workers' setting")
     args = p.parse_args(argv)
     if args.quick:
         args.videos, args.clips, args.batches, args.reps = min(args.videos, 4), 6, 3, 2
@@ -346,16 +359,23 @@ def main(argv: list[str] | None = None) -> int:
                                                        args.gop)
     pinned_from = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     pinned = pin_to_one_core()
+    from snvideo.data.worker_memory import keep_freed_memory
+
+    memory = ("glibc malloc defaults" if args.malloc_defaults or not keep_freed_memory()
+              else "freed memory kept, as in the DataLoader workers")
 
     bare_decord = "bare decord (open + get_batch)"
     bare_pyav = "bare PyAV seek (keyframe seek + decode forward)"
     ours = "ours: VideoDataset item (auto decoder, sample, train_transform(256, 224) in uint8)"
-    ours_all = "ours, decoding every frame (SKIP_NONREF off)"
+    ours_all = "ours, decoding every frame (SKIP_NONREF, DRAIN off)"
+    ours_demux = "ours, indexing MP4s by demuxing (SAMPLE_TABLE off)"
     methods: dict[str, Callable[[list[Path], str], Callable]] = {
         bare_decord: lambda paths, tag: decord_clip,
         bare_pyav: lambda paths, tag: pyav_clip,
         ours: lambda paths, tag: make_ours(paths, args.workdir, tag),
-        ours_all: lambda paths, tag: make_ours(paths, args.workdir, tag, skip_nonref=False),
+        ours_all: lambda paths, tag: make_ours(paths, args.workdir, tag, SKIP_NONREF=False,
+                                               DRAIN=False),
+        ours_demux: lambda paths, tag: make_ours(paths, args.workdir, tag, SAMPLE_TABLE=False),
     }
     sets = (("default", default_gop), ("dense", dense_gop), ("cabac", cabac_gop))
     cells = {}
@@ -373,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"Machine: {machine_line()}; one process, one thread ({pinned}); "
           f"{args.videos} videos 10 s 340x256 30 fps; clip {CLIP_LEN}x{INTERVAL}; "
-          f"{args.clips} clips per cell")
+          f"{args.clips} clips per cell; {memory}")
     print()
     print(f"| method | clips/CPU-s, default GOP (250) | GOP {args.gop} (resize_videos: CAVLC) "
           f"| GOP {args.gop}, --cabac | GOP {args.gop} / default |")

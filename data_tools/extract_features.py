@@ -83,6 +83,7 @@ def extract(model, dataset, test_cfg, out_dir: str, env, per_view: bool = False)
     import torch
     from torch.utils.data import DataLoader
 
+    from snvideo.data.worker_memory import init_worker
     from snvideo.engine.checkpoint import unwrap
     from snvideo.engine.distributed import all_gather_objects, barrier
     from snvideo.evaluation.evaluator import (_CatchReadErrors, _Failure, _single_item,
@@ -97,7 +98,7 @@ def extract(model, dataset, test_cfg, out_dir: str, env, per_view: bool = False)
     hook = net.fc.register_forward_pre_hook(lambda _, inputs: captured.append(inputs[0].float().cpu()))
     workers = int(getattr(test_cfg, "num_workers", 0))
     loader = DataLoader(_CatchReadErrors(dataset, mine), batch_size=1, shuffle=False,
-                        num_workers=workers, collate_fn=_single_item,
+                        num_workers=workers, collate_fn=_single_item, worker_init_fn=init_worker,
                         prefetch_factor=2 if workers > 0 else None)
     done, failed = 0, []
     try:

@@ -173,13 +173,33 @@ def test_crop_at_decode_gives_the_crop_of_the_decoded_frames(clip_data, backend)
             reader.get_frames(indices, crop=(20, 0, 30, 10))
 
 
+@pytest.mark.parametrize("backend", ["auto", "pyav", "decord", "cache"])
+def test_flip_at_decode_mirrors_the_cut_frames(clip_data, backend):
+    from snvideo.data.decord_backend import decord
+    from snvideo.data.frame_cache import FrameCache
+
+    if backend == "decord" and decord is None:
+        pytest.skip("decord not installed")
+    indices, box = [7, 3, 3, 30, 12], (5, 9, 30, 41)
+    if backend == "cache":
+        reader = FrameCache(1 << 30).reader(0, lambda _: VideoReader(clip_data / "v1.mp4"))
+    else:
+        reader = VideoReader(clip_data / "v1.mp4", backend=backend)
+    with reader:
+        assert torch.equal(reader.get_frames(indices, flip=True), reader.get_frames(indices).flip(2))
+        if backend == "decord":
+            return  # decord alone does not know the frame size before decoding: no crop
+        cut = reader.get_frames(indices, crop=box)
+        assert torch.equal(reader.get_frames(indices, crop=box, flip=True), cut.flip(2))
+
+
 def test_training_item_equals_the_transform_of_the_whole_frames(clip_data):
     """The dataset cuts the crop while decoding; the item is what the transform makes of
     the whole decoded frames with the same draws (seed, epoch, index)."""
     from snvideo.data import train_clip_indices
 
     ds = dataset(clip_data, normalize=False)
-    for index, epoch in [(0, 0), (4, 2), (5, 7)]:
+    for index, epoch in [(0, 0), (4, 2), (5, 7), (1, 1), (2, 3), (3, 4), (0, 5), (1, 6)]:
         rng = np.random.default_rng([ds.seed, epoch, index])
         with VideoReader(ds.video_path(index), backend="pyav") as reader:
             clip_indices = train_clip_indices(len(reader), ds.clip_len, ds.frame_interval, 1, rng)

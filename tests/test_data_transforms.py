@@ -116,6 +116,44 @@ def test_flip_mirrors_all_frames():
     assert torch.equal(flipped, unflipped.flip(-1))
 
 
+def test_mirroring_before_the_resize_gives_the_pixels_of_mirroring_after_it():
+    """TrainTransform (and the decoder, which mirrors as it copies) flips the crop before the
+    antialiased uint8 resize; the result must be the resized crop flipped, bit for bit."""
+    import torchvision.transforms.v2.functional as F
+
+    generator = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (3, 256, 340, 3), dtype=torch.uint8, generator=generator)
+    video = frames.permute(0, 3, 1, 2)  # channels-last, as decoded
+    for _ in range(40):
+        height = int(torch.randint(16, 257, (1,), generator=generator))
+        width = int(torch.randint(16, 341, (1,), generator=generator))
+        for size in (224, 112, 57):
+            part = video[..., :height, :width]
+            after = F.resize(part, [size, size], antialias=True).flip(-1)
+            assert torch.equal(F.resize(part.flip(-1), [size, size], antialias=True), after), (height, width, size)
+
+
+def test_train_transform_flips_with_the_draw_after_the_box():
+    """The generator's order: the crop box, then the flip; the output is the crop resized,
+    then mirrored when the flip draw says so."""
+    import torchvision.transforms.v2.functional as F
+
+    video = torch.randint(0, 256, (4, 70, 90, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+    transform = TrainTransform(crop_size=32, flip_prob=0.5)
+    flips = set()
+    for seed in range(12):
+        out = transform(video, torch.Generator().manual_seed(seed), normalize=False)
+        generator = torch.Generator().manual_seed(seed)
+        top, left, h, w = transform.crop_box(70, 90, generator)
+        flip = float(torch.rand((), generator=generator)) < 0.5
+        expected = F.resize(video[..., top:top + h, left:left + w], [32, 32], antialias=True)
+        expected = expected.flip(-1) if flip else expected
+        assert torch.equal(out, expected.permute(1, 0, 2, 3)), seed
+        assert transform.draw(70, 90, torch.Generator().manual_seed(seed)) == ((top, left, h, w), flip)
+        flips.add(flip)
+    assert flips == {True, False}
+
+
 def test_train_transform_is_reproducible_with_a_generator():
     video = video_of(torch.randint(0, 256, (3, 64, 80), dtype=torch.uint8))
     transform = train_transform(short_side=64, crop_size=40)

@@ -201,15 +201,15 @@ class _ClipDataset(Dataset):
             if standard:
                 generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
             if standard and size is not None:
-                # the box from the header's frame size, cut as each frame is decoded: the same
-                # draws, pixels and result as cropping the decoded frames
-                box = self.transform.crop_box(*size, generator)
-                frames = reader.get_frames(indices.reshape(-1), crop=box)
+                # box and flip from the header's frame size, cut and mirrored as each frame is
+                # decoded: the same draws, pixels and result as transforming the decoded frames
+                box, flip = self.transform.draw(*size, generator)
+                frames = reader.get_frames(indices.reshape(-1), crop=box, flip=flip)
             else:
                 frames = reader.get_frames(indices.reshape(-1))
         video = frames.permute(0, 3, 1, 2)  # (num_clips * T, C, H, W), channels-last memory
         if standard and size is not None:
-            clip = self.transform.apply_to_crop(video, generator, normalize=self.normalize)
+            clip = self.transform.resize_crop(video, normalize=self.normalize)
         elif standard:
             clip = self.transform(video, generator, normalize=self.normalize)
         else:

@@ -50,9 +50,11 @@ class DecordBackend:
             return "decord's frame timestamps are not increasing"
         return None
 
-    def read(self, wanted: np.ndarray, box: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    def read(self, wanted: np.ndarray, box: tuple[int, int, int, int] | None = None,
+             flip: bool = False) -> torch.Tensor:
         """Frames at sorted unique indices `wanted` as uint8 (len(wanted), H, W, 3); `box`
-        (top, left, height, width) cuts a view of them (decord decodes whole frames)."""
+        (top, left, height, width) cuts a view of them (decord decodes whole frames), flip=True
+        mirrors them left-right (a copy)."""
         try:
             batch = self._reader.get_batch([int(i) for i in wanted])
             self._reader.seek(0)
@@ -60,10 +62,10 @@ class DecordBackend:
             raise VideoReadError(self.path, f"cannot decode: {short_message(err)}") from err
         self.frames_decoded += len(wanted)
         frames = torch.utils.dlpack.from_dlpack(batch.to_dlpack())  # zero-copy hand-over
-        if box is None:
-            return frames
-        top, left, height, width = box
-        return frames[:, top : top + height, left : left + width]
+        if box is not None:
+            top, left, height, width = box
+            frames = frames[:, top : top + height, left : left + width]
+        return frames.flip(2) if flip else frames
 
     def close(self) -> None:
         self._reader = None

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 class CachedFrames:
     """All frames of one video in memory, behind the reader interface the datasets use
-    (len, frame_size, get_frames(indices, crop), a context manager)."""
+    (len, frame_size, get_frames(indices, crop, flip), a context manager)."""
 
     def __init__(self, path: str, frames: torch.Tensor):
         self.path, self.frames = path, frames
@@ -31,13 +31,14 @@ class CachedFrames:
     def frame_size(self) -> tuple[int, int]:
         return self.frames.shape[1], self.frames.shape[2]
 
-    def get_frames(self, indices, crop: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    def get_frames(self, indices, crop: tuple[int, int, int, int] | None = None,
+                   flip: bool = False) -> torch.Tensor:
         index = torch.from_numpy(np.asarray(indices, dtype=np.int64).reshape(-1))
         frames = self.frames
         if crop is not None:
             top, left, height, width = crop
             frames = frames[:, top:top + height, left:left + width]
-        return frames[index]
+        return frames[index].flip(2) if flip else frames[index]
 
     def close(self) -> None:
         pass

@@ -157,22 +157,31 @@ class TrainTransform:
         left = int(torch.randint(0, width - side + 1, (1,), generator=generator))
         return top, left, side, side
 
+    def draw(self, height: int, width: int,
+             generator: torch.Generator | None = None) -> tuple[Box, bool]:
+        """One clip's random choices, in the generator's order: its crop box in (height, width)
+        frames, and whether it is mirrored left-right."""
+        box = self.crop_box(height, width, generator)
+        flip = self.flip_prob > 0 and float(torch.rand((), generator=generator)) < self.flip_prob
+        return box, flip
+
     def __call__(self, video: torch.Tensor, generator: torch.Generator | None = None,
                  normalize: bool = True) -> torch.Tensor:
         """uint8 (T, C, H, W) -> float32 (C, T, crop_size, crop_size); with normalize=False the
         uint8 pixels (C, T, crop_size, crop_size) in the input's memory order (a permuted view
         of channels-last frames), to be finished by `normalize_views`."""
-        box = self.crop_box(video.shape[-2], video.shape[-1], generator)
-        return self.apply_to_crop(crop(video, box), generator, normalize)
+        box, flip = self.draw(video.shape[-2], video.shape[-1], generator)
+        cropped = crop(video, box)
+        return self.resize_crop(cropped.flip(-1) if flip else cropped, normalize)
 
-    def apply_to_crop(self, cropped: torch.Tensor, generator: torch.Generator | None = None,
-                      normalize: bool = True) -> torch.Tensor:
-        """What __call__ does after drawing the box: `cropped` (T, C, h, w) holds the frames'
-        box (e.g. cut by the decoder, `VideoReader.get_frames(..., crop=box)`), the generator
-        has drawn crop_box(H, W) already; resize, flip, and normalize unless normalize=False."""
+    def resize_crop(self, cropped: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """What __call__ does after the crop and the flip: `cropped` (T, C, h, w) holds the
+        frames' box, mirrored if `draw` said so (e.g. cut and mirrored by the decoder,
+        `VideoReader.get_frames(..., crop=box, flip=flip)`); resize it to crop_size and
+        normalize unless normalize=False. Mirroring before the resize gives the same pixels as
+        after it (the antialiased resize is symmetric) and saves a pass over the clip when the
+        decoder mirrors as it copies."""
         clip = F.resize(cropped, [self.crop_size, self.crop_size], antialias=True)
-        if self.flip_prob > 0 and float(torch.rand((), generator=generator)) < self.flip_prob:
-            clip = clip.flip(-1)
         if not normalize:
             # (C, T, H, W) as a view: the frames' channels-last memory is kept (no transposing
             # copy in the worker); datasets.collate_clips batches it as channels_last_3d

@@ -132,11 +132,13 @@ class VideoReader:
         None when unknown (decord chosen explicitly)."""
         return getattr(self._backend, "frame_size", None) or self._header_size
 
-    def get_frames(self, indices, crop: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    def get_frames(self, indices, crop: tuple[int, int, int, int] | None = None,
+                   flip: bool = False) -> torch.Tensor:
         """uint8 RGB frames (len(indices), H, W, 3); each distinct frame is decoded once.
 
         crop = (top, left, height, width) inside `frame_size` returns only that box of every
-        frame, cut as each frame is converted (a training crop chosen before decoding)."""
+        frame, cut as each frame is converted (a training crop chosen before decoding);
+        flip=True mirrors every (cut) frame left-right, in the same copy with PyAV."""
         self.get_frames_calls += 1
         if crop is not None:
             _check_box(self.path, crop, self.frame_size)
@@ -147,16 +149,16 @@ class VideoReader:
             bad = int(indices[(indices < 0) | (indices >= len(self))][0])
             raise IndexError(f"frame index {bad} out of range for {self.path} ({len(self)} frames)")
         wanted, order = np.unique(indices, return_inverse=True)
-        frames = self._read(wanted, crop)
+        frames = self._read(wanted, crop, flip)
         if frames.shape[0] != wanted.size:  # never hand back fewer frames than asked for
             raise VideoReadError(self.path, f"cannot decode: got {frames.shape[0]} of {wanted.size} frames")
         if wanted.size == indices.size and np.array_equal(wanted, indices):
             return frames
         return frames[torch.from_numpy(order.reshape(-1))]
 
-    def _read(self, wanted: np.ndarray, crop=None) -> torch.Tensor:
+    def _read(self, wanted: np.ndarray, crop=None, flip: bool = False) -> torch.Tensor:
         try:
-            return self._backend.read(wanted, crop)
+            return self._backend.read(wanted, crop, flip)
         except VideoReadError as err:
             if self.requested_backend != "auto" or self._backend.name != "decord":
                 raise
@@ -167,7 +169,7 @@ class VideoReader:
             self._backend = PyAVBackend(self.path, self.num_threads)
             if self._backend.num_frames < wanted[-1] + 1:
                 raise VideoReadError(self.path, err.reason) from err
-            return self._backend.read(wanted, crop)
+            return self._backend.read(wanted, crop, flip)
 
     def close(self) -> None:
         self._backend.close()

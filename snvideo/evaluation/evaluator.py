@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from snvideo.data.worker_memory import init_worker
 from snvideo.engine.checkpoint import unwrap
 from snvideo.engine.distributed import DistEnv, all_gather_objects
 
@@ -211,6 +212,7 @@ def evaluate(model: nn.Module, dataset: Any, test_cfg: Any, env: DistEnv | None 
     num_workers = int(getattr(test_cfg, "num_workers", 0))
     loader = DataLoader(shard, batch_size=1, shuffle=False, num_workers=num_workers,
                         collate_fn=_single_item, pin_memory=device.type == "cuda",
+                        worker_init_fn=init_worker,
                         prefetch_factor=2 if num_workers > 0 else None)
     evaluated: list[tuple[int, int, list[int], list[float]]] = []
     failed: list[tuple[int, str]] = []

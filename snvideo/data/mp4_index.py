@@ -1,0 +1,129 @@
+"""Presentation timestamps of an MP4/MOV video track from its sample table, without demuxing.
+
+ffmpeg reads the sample table (the `moov` box) when it opens an MP4 and keeps one entry per
+sample: decode timestamp, byte position, size, keyframe flag (PyAV: `stream.index_entries`).
+It does not expose the composition offsets (`ctts`) that turn decode into presentation
+timestamps, so they are read here from the file: pts = dts + offset, as ffmpeg's mov demuxer
+computes a packet's pts. Together they give PyAVBackend the packet index that demuxing every
+packet gives (`pyav_backend.build_index`), at about a tenth of its cost.
+
+Only the plain layout is read: one `moov`, no fragments (`mvex`), offsets that are not
+negative and one per sample. Anything else returns None and the caller demuxes. The read path
+checks every packet it demuxes against these timestamps all the same.
+"""
+from __future__ import annotations
+
+import struct
+from typing import BinaryIO, Iterator
+
+import numpy as np
+
+MAX_MOOV_BYTES = 256 << 20  # a sample table beyond this is not read into memory
+
+
+def composition_offsets(path: str, track_id: int) -> np.ndarray | None:
+    """Per-sample composition offsets (decode order) of track `track_id`; zeros when the track
+    has no `ctts` box (presentation order is decode order); None when the file is not laid out
+    as described in the module docstring."""
+    try:
+        with open(path, "rb") as file:
+            moov = _read_moov(file)
+    except OSError:
+        return None
+    if moov is None:
+        return None
+    try:
+        for kind, start, end in _boxes(moov, 0, len(moov)):
+            if kind == b"mvex":  # fragmented: the samples are described by later moof boxes
+                return None
+            if kind == b"trak" and _track_id(moov, start, end) == track_id:
+                return _track_offsets(moov, start, end)
+    except (struct.error, ValueError):
+        return None
+    return None
+
+
+def _read_moov(file: BinaryIO) -> bytes | None:
+    """The payload of the file's one top-level `moov` box, or None."""
+    moov = None
+    position = 0
+    while True:
+        file.seek(position)
+        header = file.read(16)
+        if len(header) < 8:
+            return moov
+        size, kind = struct.unpack(">I4s", header[:8])
+        offset = 8
+        if size == 1:
+            if len(header) < 16:
+                return None
+            size, offset = struct.unpack(">Q", header[8:16])[0], 16
+        elif size == 0:  # the last box runs to the end of the file
+            file.seek(0, 2)
+            size = file.tell() - position
+        if size < offset:
+            return None
+        if kind == b"moov":
+            if moov is not None or size - offset > MAX_MOOV_BYTES:
+                return None
+            file.seek(position + offset)
+            moov = file.read(size - offset)
+            if len(moov) != size - offset:
+                return None
+        position += size
+
+
+def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(type, payload start, payload end) of the boxes in data[start:end]."""
+    position = start
+    while position + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, position)
+        offset = 8
+        if size == 1:
+            size, offset = struct.unpack_from(">Q", data, position + 8)[0], 16
+        elif size == 0:
+            size = end - position
+        if size < offset or position + size > end:
+            raise ValueError("box runs past its parent")
+        yield kind, position + offset, position + size
+        position += size
+
+
+def _child(data: bytes, start: int, end: int, kind: bytes) -> tuple[int, int] | None:
+    for child, child_start, child_end in _boxes(data, start, end):
+        if child == kind:
+            return child_start, child_end
+    return None
+
+
+def _track_id(data: bytes, start: int, end: int) -> int | None:
+    tkhd = _child(data, start, end, b"tkhd")
+    if tkhd is None:
+        return None
+    version = data[tkhd[0]]
+    # full box header (4 bytes), creation and modification times (4 or 8 bytes each), track_ID
+    return struct.unpack_from(">I", data, tkhd[0] + 4 + (16 if version == 1 else 8))[0]
+
+
+def _track_offsets(data: bytes, start: int, end: int) -> np.ndarray | None:
+    box = (start, end)
+    for kind in (b"mdia", b"minf", b"stbl"):
+        box = _child(data, *box, kind)
+        if box is None:
+            return None
+    stsz = _child(data, *box, b"stsz")
+    if stsz is None:
+        return None
+    samples = struct.unpack_from(">I", data, stsz[0] + 8)[0]  # after full box header, sample_size
+    ctts = _child(data, *box, b"ctts")
+    if ctts is None:
+        return np.zeros(samples, dtype=np.int64)
+    count = struct.unpack_from(">I", data, ctts[0] + 4)[0]
+    if ctts[0] + 8 + 8 * count > ctts[1]:
+        return None
+    # (sample_count, sample_offset) pairs; the offset is read as signed, as ffmpeg does
+    runs = np.frombuffer(data, dtype=">i4", count=2 * count, offset=ctts[0] + 8).reshape(count, 2)
+    counts, offsets = runs[:, 0].astype(np.int64), runs[:, 1].astype(np.int64)
+    if (counts < 0).any() or (offsets < 0).any() or counts.sum() != samples:
+        return None
+    return np.repeat(offsets, counts)
