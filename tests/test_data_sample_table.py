@@ -138,3 +138,27 @@ def test_draining_after_the_last_wanted_packet_gives_the_same_frames(videos, vid
             for indices in request_sets(seed=3):
                 check_frames(reader, indices, video_tools)
     assert all(torch.equal(a, b) for a, b in zip(results[True], results[False]))
+
+
+def test_video_track_after_an_audio_track(tmp_path, video_tools):
+    """As in Kinetics files, the MP4 holds audio too; here the audio is track 1, so the video
+    track's ID (2) differs from its stream index (1)."""
+    path = tmp_path / "audio_first.mp4"
+    with av.open(str(path), "w") as container:
+        audio = container.add_stream("aac", rate=16000)
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.options = {"bf": "2", "g": "12"}
+        for i in range(NUM_FRAMES):
+            container.mux(video.encode(av.VideoFrame.from_ndarray(video_tools.index_frame(i), format="rgb24")))
+            sound = av.AudioFrame.from_ndarray(np.zeros((1, 640), np.float32), format="fltp", layout="mono")
+            sound.sample_rate, sound.pts = 16000, i * 640
+            container.mux(audio.encode(sound))
+        container.mux(video.encode())
+        container.mux(audio.encode())
+    table, demuxed = indexes(path)
+    assert table is not None and (table.pts, table.keyframes) == (demuxed.pts, demuxed.keyframes)
+    with VideoReader(path) as reader:
+        for indices in request_sets(seed=11):
+            check_frames(reader, indices, video_tools)
+        assert reader._backend._index.pts_at_position
