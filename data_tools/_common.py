@@ -107,10 +107,9 @@ def tmp_name(path: Path) -> Path:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_name(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from snvideo.atomic import atomic_write_text as write
+
+    write(path, text, tmp=tmp_name(path))
 
 
 @contextmanager

@@ -68,11 +68,10 @@ def feature_path(out_dir: str, video: str) -> str:
 def save_array(path: str, array) -> None:
     import numpy as np
 
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.partial{os.getpid()}"
-    with open(tmp, "wb") as f:
+    from snvideo.atomic import atomic_output
+
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
-    os.replace(tmp, path)
 
 
 def extract(model, dataset, test_cfg, out_dir: str, env, per_view: bool = False) -> dict:

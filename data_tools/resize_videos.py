@@ -16,7 +16,6 @@ outputs are skipped on a re-run.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 from fractions import Fraction
@@ -65,13 +64,13 @@ def resize_one(task: Task) -> Result:
     import av
     from av.video.frame import PictureType
 
+    from snvideo.atomic import atomic_output
+
     dst = Path(task.dst)
     if dst.exists():
         return Result(task.src, "skipped")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_name(dst)
     try:
-        with av.open(task.src) as src:
+        with atomic_output(dst, tmp_name(dst)) as tmp, av.open(task.src) as src:
             if not src.streams.video:
                 raise ValueError("no video stream")
             istream = src.streams.video[0]
@@ -79,7 +78,7 @@ def resize_one(task: Task) -> Result:
             rate = istream.average_rate or istream.guessed_rate or Fraction(30)
             rate = Fraction(rate).limit_denominator(1001)
             n = 0
-            with av.open(str(tmp), mode="w", format="mp4") as out:
+            with av.open(tmp, mode="w", format="mp4") as out:
                 ostream = None
                 for frame in src.decode(istream):
                     if ostream is None:  # size known from the first decoded frame
@@ -103,12 +102,9 @@ def resize_one(task: Task) -> Result:
                     raise ValueError("no frames decoded")
                 for packet in ostream.encode():
                     out.mux(packet)
-        os.replace(tmp, dst)
         return Result(task.src, "done")
     except Exception as e:  # noqa: BLE001 - a bad video is reported, not fatal
         return Result(task.src, "failed", one_line(e))
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from .atomic import atomic_output
+
 
 class ConfigError(ValueError):
     """A bad config: one line naming the file, key or value."""
@@ -260,8 +262,5 @@ def config_from_dict(data: dict) -> Config:
 
 
 def save_config(cfg: Config, path: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_output(path) as tmp, open(tmp, "w") as f:
         yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
-    os.replace(tmp, path)

@@ -13,6 +13,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from snvideo.atomic import atomic_output
+
 OUT_VIDEO_EXTENSIONS = (".mp4", ".gif")
 CHUNK_FRAMES = 64
 
@@ -60,16 +62,9 @@ def write_overlay_video(video: str, out_path: str, lines: Sequence[str], backend
     ext = os.path.splitext(out_path)[1].lower()
     if ext not in OUT_VIDEO_EXTENSIONS:
         raise ValueError(f"output video must end in {' or '.join(OUT_VIDEO_EXTENSIONS)}, got {out_path}")
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tmp = f"{out_path}.tmp{os.getpid()}{ext}"
-    try:
+    with atomic_output(out_path, f"{out_path}.tmp{os.getpid()}{ext}") as tmp:  # the writer reads ext
         frames = ((draw_lines(frame, lines, min_short_side), fps) for frame, fps in _frames(video, backend))
-        count = _write_gif(frames, tmp) if ext == ".gif" else _write_mp4(frames, tmp)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return count
+        return _write_gif(frames, tmp) if ext == ".gif" else _write_mp4(frames, tmp)
 
 
 def _write_mp4(frames: Iterator[tuple[np.ndarray, float]], path: str) -> int:

@@ -34,6 +34,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from snvideo.atomic import atomic_output, atomic_write_text
+
 __all__ = [
     "ALL_MOTIONS", "CLASS_NAMES", "DIRECTIONS", "SceneParams", "label_folder",
     "make_demo_dataset", "object_states",
@@ -109,46 +111,40 @@ def write_video(path: str | os.PathLike, frames: Any, fps: float = 25.0, codec: 
     import av  # local import: PyAV is only needed when encoding
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     rate = Fraction(fps).limit_denominator(1001)
-    try:
-        with av.open(str(tmp), mode="w") as container:
-            stream = container.add_stream(_CODECS[codec], rate=rate)
-            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-            stream.codec_context.thread_count = max(0, int(threads))
-            options: dict[str, str] = {}
-            if gop is not None:
-                if gop < 1:
-                    raise ValueError(f"gop must be >= 1, got {gop}")
-                stream.codec_context.gop_size = int(gop)
-                options.update({"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"})
-            if codec == "h264":
-                options["crf"] = str(23 if crf is None else crf)
-                # x264's macroblock-tree rate control makes the output depend on heap contents
-                # (the same frames encoded twice in one process can differ); without it the
-                # encode is reproducible, which the seeded demo dataset promises.
-                options["x264-params"] = "mbtree=0"
-                if preset:
-                    options["preset"] = preset
-            elif codec == "vp9":
-                options.update({"crf": str(32 if crf is None else crf), "b": "0",
-                                "deadline": "realtime", "cpu-used": "8"})
-            else:  # mpeg4 has no crf: give it a bitrate that keeps textures visible
-                stream.codec_context.bit_rate = max(400_000, int(w * h * float(rate) * 0.6))
-            stream.options = options
-            for i in range(t):
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[i]),
-                                                   format="rgb24")
-                frame.pts = i
-                for packet in stream.encode(frame):
-                    container.mux(packet)
-            for packet in stream.encode():
+    hidden = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")  # folders get scanned
+    with atomic_output(path, hidden) as tmp, av.open(tmp, mode="w") as container:
+        stream = container.add_stream(_CODECS[codec], rate=rate)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.codec_context.thread_count = max(0, int(threads))
+        options: dict[str, str] = {}
+        if gop is not None:
+            if gop < 1:
+                raise ValueError(f"gop must be >= 1, got {gop}")
+            stream.codec_context.gop_size = int(gop)
+            options.update({"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"})
+        if codec == "h264":
+            options["crf"] = str(23 if crf is None else crf)
+            # x264's macroblock-tree rate control makes the output depend on heap contents
+            # (the same frames encoded twice in one process can differ); without it the
+            # encode is reproducible, which the seeded demo dataset promises.
+            options["x264-params"] = "mbtree=0"
+            if preset:
+                options["preset"] = preset
+        elif codec == "vp9":
+            options.update({"crf": str(32 if crf is None else crf), "b": "0",
+                            "deadline": "realtime", "cpu-used": "8"})
+        else:  # mpeg4 has no crf: give it a bitrate that keeps textures visible
+            stream.codec_context.bit_rate = max(400_000, int(w * h * float(rate) * 0.6))
+        stream.options = options
+        for i in range(t):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[i]),
+                                               format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
                 container.mux(packet)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        for packet in stream.encode():
+            container.mux(packet)
     return path
 
 
@@ -602,7 +598,5 @@ def _csv_line(row: Iterable[Any]) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Hidden while half-written: the dataset folder is scanned for its files."""
+    atomic_write_text(path, text, tmp=path.with_name(f".{path.name}.tmp{os.getpid()}"))

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from snvideo.atomic import atomic_output
+
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare model inside DDP and torch.compile wrappers."""
@@ -39,16 +41,10 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def save_checkpoint(state: dict[str, Any], path: str) -> None:
     """Write `state` to `path` atomically: a crash leaves either the old file or the new one."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
+    with atomic_output(path) as tmp:
         torch.save(state, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def remove_stale_temporaries(work_dir: str) -> list[str]:

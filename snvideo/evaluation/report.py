@@ -30,6 +30,8 @@ import json
 import os
 from typing import Any, Sequence
 
+from snvideo.atomic import atomic_output
+
 from .metrics import accuracy_metrics, confusion_matrix, per_class_accuracy
 
 SETTINGS_KEYS = ("num_clips", "num_crops", "average", "views_per_forward")
@@ -106,14 +108,11 @@ def write_results(results: dict, path: str) -> None:
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".json", ".csv"):
         raise ValueError(f"results file must end in .json or .csv, got {path}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
         if ext == ".json":
             f.write(_json_text(results))
         else:
             _write_csv(results, f)
-    os.replace(tmp, path)
 
 
 def _json_text(results: dict) -> str:

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+from snvideo.atomic import atomic_write_text
 from snvideo.config import load_config
 from snvideo.machine import cpu_name
 
@@ -447,21 +448,14 @@ def write_report(out: Path, setting: Setting, quick: bool, records: list[dict],
               "repository root):", "", "```"]
     lines += [shlex.join(["python", *c[1:]]) for c in commands.values()]
     lines += ["```", ""]
-    _write_atomically(out, "\n".join(lines))
+    atomic_write_text(out, "\n".join(lines))
     data = {"summary": rows, "sn_importance": importance, "lr_sweep": sweep_table, "lrs": lrs,
             "records": records, "sweep_records": sweep_records,
             "quick": quick, "dataset": setting.dataset,
             "test_per_class": setting.test_per_class, "epochs": setting.epochs,
             "update_batch": UPDATE_BATCH, "wall_seconds": round(wall_seconds, 1),
             "machine": machine_description()}
-    _write_atomically(out.with_suffix(".json"), json.dumps(data, indent=1))
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(data, indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:
