@@ -87,6 +87,15 @@ def test_other_containers_are_demuxed(videos, name):
     assert table is None
 
 
+def test_without_index_entries_in_pyav_the_file_is_demuxed(videos):
+    """Older PyAV (the project allows av>=12) has no stream.index_entries."""
+    from types import SimpleNamespace
+
+    container = SimpleNamespace(format=SimpleNamespace(name="mov,mp4,m4a,3gp,3g2,mj2"))
+    stream = SimpleNamespace(frames=NUM_FRAMES, id=1, codec_context=None)
+    assert pyav_backend.sample_table_index(container, stream, str(videos["h264.mp4"])) is None
+
+
 def test_truncated_mp4_is_demuxed(tmp_path, video_tools):
     """The sample table (moov at the front) lists samples the cut file no longer holds."""
     path = video_tools.write_video(tmp_path / "full.mp4", options={"g": "12"},

@@ -107,7 +107,8 @@ def sample_table_index(container, stream, path: str) -> PacketIndex | None:
     lies inside the file (not truncated) and the offsets line up with the samples."""
     if "mp4" not in container.format.name.split(","):
         return None
-    entries = stream.index_entries[:]
+    entries = getattr(stream, "index_entries", None)  # older PyAV does not expose them
+    entries = entries[:] if entries is not None else []
     if not entries or len(entries) != (stream.frames or 0):
         return None
     rows = np.array([(e.timestamp, e.pos, e.size, e.flags) for e in entries], dtype=np.int64)
