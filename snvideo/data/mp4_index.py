@@ -13,6 +13,7 @@ checks every packet it demuxes against these timestamps all the same.
 """
 from __future__ import annotations
 
+import os
 import struct
 from typing import BinaryIO, Iterator
 
@@ -28,41 +29,39 @@ def composition_offsets(path: str, track_id: int) -> np.ndarray | None:
     try:
         with open(path, "rb") as file:
             moov = _read_moov(file)
-    except OSError:
-        return None
-    if moov is None:
-        return None
-    try:
+        if moov is None:
+            return None
         for kind, start, end in _boxes(moov, 0, len(moov)):
             if kind == b"mvex":  # fragmented: the samples are described by later moof boxes
                 return None
             if kind == b"trak" and _track_id(moov, start, end) == track_id:
                 return _track_offsets(moov, start, end)
-    except (struct.error, ValueError):
+    except (OSError, struct.error, ValueError):
         return None
     return None
 
 
+def _header(data: bytes, position: int, end: int) -> tuple[bytes, int, int]:
+    """(type, header length, size) of the box at data[position]; size 0 means up to `end`."""
+    size, kind = struct.unpack_from(">I4s", data, position)
+    offset = 8
+    if size == 1:  # a 64-bit size follows the type
+        size, offset = struct.unpack_from(">Q", data, position + 8)[0], 16
+    elif size == 0:
+        size = end - position
+    if size < offset:
+        raise ValueError("box smaller than its header")
+    return kind, offset, size
+
+
 def _read_moov(file: BinaryIO) -> bytes | None:
-    """The payload of the file's one top-level `moov` box, or None."""
-    moov = None
-    position = 0
-    while True:
+    """The payload of the file's one top-level `moov` box, or None. A box that runs past the
+    end of the file (a cut `mdat`) ends the walk."""
+    file_size = os.fstat(file.fileno()).st_size
+    moov, position = None, 0
+    while position + 8 <= file_size:
         file.seek(position)
-        header = file.read(16)
-        if len(header) < 8:
-            return moov
-        size, kind = struct.unpack(">I4s", header[:8])
-        offset = 8
-        if size == 1:
-            if len(header) < 16:
-                return None
-            size, offset = struct.unpack(">Q", header[8:16])[0], 16
-        elif size == 0:  # the last box runs to the end of the file
-            file.seek(0, 2)
-            size = file.tell() - position
-        if size < offset:
-            return None
+        kind, offset, size = _header(file.read(16), 0, file_size - position)
         if kind == b"moov":
             if moov is not None or size - offset > MAX_MOOV_BYTES:
                 return None
@@ -71,19 +70,15 @@ def _read_moov(file: BinaryIO) -> bytes | None:
             if len(moov) != size - offset:
                 return None
         position += size
+    return moov
 
 
 def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
     """(type, payload start, payload end) of the boxes in data[start:end]."""
     position = start
     while position + 8 <= end:
-        size, kind = struct.unpack_from(">I4s", data, position)
-        offset = 8
-        if size == 1:
-            size, offset = struct.unpack_from(">Q", data, position + 8)[0], 16
-        elif size == 0:
-            size = end - position
-        if size < offset or position + size > end:
+        kind, offset, size = _header(data, position, end)
+        if position + size > end:
             raise ValueError("box runs past its parent")
         yield kind, position + offset, position + size
         position += size

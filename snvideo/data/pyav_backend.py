@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import os
 from dataclasses import dataclass, field
 
 import av
@@ -113,7 +112,7 @@ def sample_table_index(container, stream, path: str) -> PacketIndex | None:
         return None
     rows = np.array([(e.timestamp, e.pos, e.size, e.flags) for e in entries], dtype=np.int64)
     dts, positions, sizes, flags = rows.T
-    if (flags & AVINDEX_DISCARD_FRAME).any() or (positions + sizes).max() > os.path.getsize(path):
+    if (flags & AVINDEX_DISCARD_FRAME).any() or (positions + sizes).max() > container.size:
         return None
     offsets = composition_offsets(path, stream.id)
     if offsets is None or len(offsets) != len(entries):
@@ -125,7 +124,6 @@ def sample_table_index(container, stream, path: str) -> PacketIndex | None:
                    None, len(entries))
     index.pts_at_position = dict(zip(positions.tolist(), stamps))
     return index
-
 
 
 def _index(stamps: list, key_stamps: list, first_is_key: bool, reorders: bool,
@@ -144,6 +142,26 @@ def _index(stamps: list, key_stamps: list, first_is_key: bool, reorders: bool,
     return index
 
 
+def _open_video(path: str, num_threads: int):
+    """(container, first video stream), opened with PROBE_OPTIONS; one-line errors."""
+    try:
+        container = av.open(path, metadata_errors="ignore", container_options=PROBE_OPTIONS)
+    except av.FFmpegError as err:
+        raise VideoReadError(path, f"cannot decode: {short_message(err)}") from err
+    try:
+        if not container.streams.video:
+            raise VideoReadError(path, "no video stream")
+        stream = container.streams.video[0]
+        if stream.codec_context is None:
+            raise VideoReadError(path, "cannot decode: no decoder for this codec")
+        if num_threads:
+            stream.codec_context.thread_count = num_threads
+    except BaseException:
+        container.close()
+        raise
+    return container, stream
+
+
 class PyAVBackend:
     """Frame-accurate random access to one video with PyAV."""
 
@@ -153,18 +171,8 @@ class PyAVBackend:
         self.path = path
         self.num_threads = num_threads
         self.frames_decoded = 0  # every frame the decoder produced, including those skipped after a seek
+        self._container, self._stream = _open_video(path, num_threads)
         try:
-            self._container = av.open(path, metadata_errors="ignore", container_options=PROBE_OPTIONS)
-        except av.FFmpegError as err:
-            raise VideoReadError(path, f"cannot decode: {short_message(err)}") from err
-        try:
-            if not self._container.streams.video:
-                raise VideoReadError(path, "no video stream")
-            self._stream = self._container.streams.video[0]
-            if self._stream.codec_context is None:
-                raise VideoReadError(path, "cannot decode: no decoder for this codec")
-            if num_threads:
-                self._stream.codec_context.thread_count = num_threads
             context = self._stream.codec_context
             self.codec, self.has_b_frames = context.name, bool(context.has_b_frames)
             self.declared_frames = int(self._stream.frames or 0)
@@ -182,18 +190,14 @@ class PyAVBackend:
         self.frames_present = index.num_frames
         # A header that declares more frames than the file holds means the file was cut short:
         # report the declared length so the missing frames fail loudly instead of vanishing.
-        declared = self._stream.frames or 0
-        truncated = declared > index.packets_seen
-        self.num_frames = declared if truncated else self.frames_present
+        truncated = self.declared_frames > index.packets_seen
+        self.num_frames = self.declared_frames if truncated else self.frames_present
 
     def _index_by_demuxing(self) -> None:
         """Replace a sample-table index that a packet contradicted: reopen, demux everything."""
         logger.debug("%s: the sample table's timestamps differ from the packets'; demuxing", self.path)
         self._container.close()
-        self._container = av.open(self.path, metadata_errors="ignore", container_options=PROBE_OPTIONS)
-        self._stream = self._container.streams.video[0]
-        if self.num_threads:
-            self._stream.codec_context.thread_count = self.num_threads
+        self._container, self._stream = _open_video(self.path, self.num_threads)
         self._set_index(build_index(self._container, self._stream))
 
     @property
@@ -213,19 +217,14 @@ class PyAVBackend:
         wanted = [int(i) for i in wanted]
         self._check_present(wanted)
         try:
-            if self._index.exact:
+            while self._index.exact:
                 try:
                     return self._read_by_seeking(wanted, self._clip(len(wanted), box, flip))
-                except _SampleTableMismatch:
+                except _SampleTableMismatch:  # once at most: a demux index has no table to contradict
                     self._index_by_demuxing()
                     self._check_present(wanted)
-                    if self._index.exact:
-                        try:
-                            return self._read_by_seeking(wanted, self._clip(len(wanted), box, flip))
-                        except _AddressingMismatch:
-                            pass
                 except _AddressingMismatch:
-                    pass
+                    break
             return self._read_sequential(wanted, self._clip(len(wanted), box, flip))
         except av.FFmpegError as err:
             raise VideoReadError(self.path, f"cannot decode: {short_message(err)}") from err
