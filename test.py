@@ -126,7 +126,8 @@ def run_video(args: argparse.Namespace, cfg: Config, model, names: list[str]) ->
 
         try:
             count = write_overlay_video(args.video, args.out_video,
-                                        overlay_lines(top_names, top_probs), backend=cfg.data.backend)
+                                        overlay_lines(top_names, top_probs), backend=cfg.data.backend,
+                                        rotation=cfg.data.rotation)
         except VideoReadError as e:
             return fail(str(e), 1)
         print(f"{count} frames with the top-5 written to {args.out_video}")

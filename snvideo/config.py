@@ -59,6 +59,7 @@ class DataConfig:
     short_side: int = 256
     crop_size: int = 224
     backend: str = "auto"                 # auto | decord | pyav
+    rotation: str = "auto"                # auto: frames upright as displayed (phone videos) | ignore: as stored
     decode_threads: int = 1               # decoder threads per DataLoader worker (0: decoder's choice)
     cache: bool = False                   # keep decoded training videos in memory (small datasets)
     cache_max_gb: float = 8.0             # bound of that cache per process (each worker has its own)
@@ -125,6 +126,7 @@ CHOICES = {
     "train.amp": ("off", "bf16", "fp16"),
     "test.average": ("prob", "score"),
     "data.backend": ("auto", "decord", "pyav"),
+    "data.rotation": ("auto", "ignore"),
 }
 
 

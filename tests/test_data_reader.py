@@ -111,7 +111,7 @@ def test_auto_uses_decord_where_pyav_has_no_exact_index_but_decord_is_sound(tmp_
 
     def inexact(container, stream):
         index = real(container, stream)
-        return pyav_backend.PacketIndex(num_frames=index.num_frames, packets_seen=index.packets_seen)
+        return pyav_backend.PacketIndex(num_frames=index.num_frames, chunks_seen=index.chunks_seen)
 
     pyav_backend.build_index = inexact
     pyav_backend.SAMPLE_TABLE = False  # an MP4's sample table would give the exact index

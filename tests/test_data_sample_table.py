@@ -10,7 +10,7 @@ import torch
 
 from snvideo.data import VideoReader
 from snvideo.data import pyav_backend
-from snvideo.data.mp4_index import composition_offsets
+from snvideo.data.mp4_index import Mp4Track, composition_offsets, read_track
 
 NUM_FRAMES = 60
 
@@ -42,7 +42,8 @@ def indexes(path):
     """(sample-table index or None, demux index) of the file's video stream."""
     with av.open(str(path), metadata_errors="ignore", container_options=pyav_backend.PROBE_OPTIONS) as container:
         stream = container.streams.video[0]
-        table = pyav_backend.sample_table_index(container, stream, str(path))
+        track = read_track(str(path), stream.id)
+        table = pyav_backend.sample_table_index(container, stream, track.offsets) if track else None
         return table, pyav_backend.build_index(container, stream)
 
 
@@ -66,8 +67,8 @@ def test_sample_table_index_equals_the_demux_index(videos, name):
     table, demuxed = indexes(videos[name])
     assert table is not None and demuxed.exact
     assert table.pts == demuxed.pts
-    assert table.keyframes == demuxed.keyframes
-    assert (table.num_frames, table.packets_seen, table.exact) == (demuxed.num_frames, demuxed.packets_seen, True)
+    assert (table.entries, table.seek_to) == (demuxed.entries, demuxed.seek_to)
+    assert (table.num_frames, table.chunks_seen, table.addressing) == (demuxed.num_frames, demuxed.chunks_seen, "pts")
     assert len(table.pts_at_position) == NUM_FRAMES
 
 
@@ -93,7 +94,8 @@ def test_without_index_entries_in_pyav_the_file_is_demuxed(videos):
 
     container = SimpleNamespace(format=SimpleNamespace(name="mov,mp4,m4a,3gp,3g2,mj2"))
     stream = SimpleNamespace(frames=NUM_FRAMES, id=1, codec_context=None)
-    assert pyav_backend.sample_table_index(container, stream, str(videos["h264.mp4"])) is None
+    offsets = composition_offsets(str(videos["h264.mp4"]), 1)
+    assert pyav_backend.sample_table_index(container, stream, offsets) is None
 
 
 def test_truncated_mp4_is_demuxed(tmp_path, video_tools):
@@ -124,8 +126,13 @@ def test_a_sample_table_contradicted_by_the_packets_is_replaced_by_demuxing(vide
                                                                            monkeypatch):
     """Offsets one tick off: still a plausible exact index, but the first packet read differs
     from it, so the reader demuxes the file and reads the right frames."""
-    real = pyav_backend.composition_offsets
-    monkeypatch.setattr(pyav_backend, "composition_offsets", lambda path, track: real(path, track) + 1)
+    real = pyav_backend.read_track
+
+    def one_tick_off(path, track_id):
+        track = real(path, track_id)
+        return Mp4Track(track.offsets + 1, track.matrix)
+
+    monkeypatch.setattr(pyav_backend, "read_track", one_tick_off)
     with VideoReader(videos["h264_bframes.mp4"], backend="pyav") as reader:
         assert reader._backend._index.pts_at_position and reader._backend.seeks_exactly
         check_frames(reader, list(range(20, 52, 2)), video_tools)
@@ -166,7 +173,7 @@ def test_video_track_after_an_audio_track(tmp_path, video_tools):
         container.mux(video.encode())
         container.mux(audio.encode())
     table, demuxed = indexes(path)
-    assert table is not None and (table.pts, table.keyframes) == (demuxed.pts, demuxed.keyframes)
+    assert table is not None and (table.pts, table.entries) == (demuxed.pts, demuxed.entries)
     with VideoReader(path) as reader:
         for indices in request_sets(seed=11):
             check_frames(reader, indices, video_tools)

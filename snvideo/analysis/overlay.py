@@ -44,10 +44,10 @@ def draw_lines(frame: np.ndarray, lines: Sequence[str], min_short_side: int = 36
     return np.asarray(image)
 
 
-def _frames(path: str, backend: str) -> Iterator[tuple[np.ndarray, float]]:
+def _frames(path: str, backend: str, rotation: str) -> Iterator[tuple[np.ndarray, float]]:
     from snvideo.data import VideoReader
 
-    with VideoReader(path, backend=backend) as reader:
+    with VideoReader(path, backend=backend, rotation=rotation) as reader:
         fps = float(reader.fps or 25.0)
         for start in range(0, len(reader), CHUNK_FRAMES):
             chunk = reader.get_frames(np.arange(start, min(start + CHUNK_FRAMES, len(reader))))
@@ -56,14 +56,15 @@ def _frames(path: str, backend: str) -> Iterator[tuple[np.ndarray, float]]:
 
 
 def write_overlay_video(video: str, out_path: str, lines: Sequence[str], backend: str = "auto",
-                        min_short_side: int = 360) -> int:
+                        min_short_side: int = 360, rotation: str = "auto") -> int:
     """Write `video` with `lines` drawn on each frame to out_path (.mp4 or .gif); returns the
-    number of frames written. Raises snvideo.data.VideoReadError for an unreadable video."""
+    number of frames written (upright unless rotation="ignore", as VideoReader hands them
+    out). Raises snvideo.data.VideoReadError for an unreadable video."""
     ext = os.path.splitext(out_path)[1].lower()
     if ext not in OUT_VIDEO_EXTENSIONS:
         raise ValueError(f"output video must end in {' or '.join(OUT_VIDEO_EXTENSIONS)}, got {out_path}")
     with atomic_output(out_path, f"{out_path}.tmp{os.getpid()}{ext}") as tmp:  # the writer reads ext
-        frames = ((draw_lines(frame, lines, min_short_side), fps) for frame, fps in _frames(video, backend))
+        frames = ((draw_lines(frame, lines, min_short_side), fps) for frame, fps in _frames(video, backend, rotation))
         return _write_gif(frames, tmp) if ext == ".gif" else _write_mp4(frames, tmp)
 
 

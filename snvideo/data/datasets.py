@@ -8,7 +8,8 @@ finishes them on the training device (train.py and the evaluator do); `collate_c
 the training clips without reordering their memory. A custom transform's output is returned as
 it is either way.
 
-Bad videos never stop training: a video that cannot be read is logged once (per process),
+Bad videos never stop training: a video that cannot be read (any exception while its item is
+made becomes a VideoReadError naming it) is logged once (per process),
 counted, and replaced by another random sample (up to max_retries times). The count lives in
 shared memory so DataLoader workers add to the number the trainer reads (dataset.num_failed).
 In test mode the VideoReadError propagates so the evaluator can list the video.
@@ -26,6 +27,7 @@ import logging
 import math
 import multiprocessing
 import os
+from contextlib import contextmanager
 from multiprocessing import context as mp_context
 from typing import Callable, Sequence
 
@@ -36,7 +38,7 @@ from torch.utils.data import default_collate
 from torchvision import tv_tensors
 
 from .annotations import Annotations, load_annotations, load_rawframe_annotations, write_label_map
-from .errors import VideoReadError
+from .errors import VideoReadError, short_message
 from .frame_cache import FrameCache
 from .rawframes import RawFrameReader
 from .sampling import train_clip_indices
@@ -45,6 +47,21 @@ from .video_reader import VideoReader
 from .views import FrameSource, load_test_views
 
 logger = logging.getLogger("snvideo.data")
+
+
+@contextmanager
+def _as_video_error(path: str):
+    """Whatever goes wrong while a video is read and transformed surfaces as VideoReadError
+    naming the file: skipped and counted in training, listed in test, never a dead DataLoader
+    worker (a file's odd properties can break arithmetic far from the decoder)."""
+    try:
+        yield
+    except VideoReadError:
+        raise
+    except Exception as err:  # noqa: BLE001 - see the docstring; MemoryError is not a file's fault
+        if isinstance(err, MemoryError):
+            raise
+        raise VideoReadError(path, f"{type(err).__name__}: {short_message(err)}") from err
 
 
 class FailureCounter:
@@ -161,7 +178,7 @@ class _ClipDataset(Dataset):
     def test_views(self, index: int, normalize: bool = True) -> tuple[torch.Tensor, int]:
         """Test-mode item: (views, label); normalize=False keeps the standard test transform's
         views uint8 (the evaluator normalizes them on its device)."""
-        with self._reader(index) as reader:
+        with _as_video_error(self.video_path(index)), self._reader(index) as reader:
             views, _ = load_test_views(
                 reader, self.num_clips, self.clip_len, self.frame_interval,
                 self.short_side, self.crop_size, self.num_crops, self.transform,
@@ -191,6 +208,10 @@ class _ClipDataset(Dataset):
         )
 
     def _load_train(self, index: int, rng: np.random.Generator) -> torch.Tensor:
+        with _as_video_error(self.video_path(index)):
+            return self._load_train_clip(index, rng)
+
+    def _load_train_clip(self, index: int, rng: np.random.Generator) -> torch.Tensor:
         with self._reader(index) as reader:
             num_frames = len(reader)
             if num_frames < 1:
@@ -243,7 +264,9 @@ class VideoDataset(_ClipDataset):
     transform=None applies train_transform(short_side, crop_size) in training and
     test_transform(short_side, crop_size, num_crops) in test mode; normalize=False keeps their
     output uint8 (see the module docstring). decode_threads: decoder threads per open video
-    (1: DataLoader workers are the parallelism; 0: the decoder's choice). cache_bytes > 0 keeps
+    (1: DataLoader workers are the parallelism; 0: the decoder's choice). rotation: "auto"
+    turns frames upright as players show them (phone videos), "ignore" keeps them as stored.
+    cache_bytes > 0 keeps
     decoded videos in memory, up to that many bytes per process (snvideo.data.frame_cache). A custom transform gets a
     tv_tensors.Video of uint8 frames (T, C, H, W) and returns a float clip (C, T, H, W) (test
     mode: (C, T, H, W) or (crops, C, T, H, W) per clip). With num_clips > 1, training clips are
@@ -271,9 +294,10 @@ class VideoDataset(_ClipDataset):
         normalize: bool = True,
         decode_threads: int = 1,
         cache_bytes: int = 0,
+        rotation: str = "auto",
     ):
         self.ann_file, self.root, self.backend = os.fspath(ann_file), os.fspath(root), backend
-        self.decode_threads = decode_threads
+        self.decode_threads, self.rotation = decode_threads, rotation
         annotations = load_annotations(ann_file, root, classes, classes_file=classes_file, split=split,
                                        subset="test" if test_mode else "train")
         self.format = annotations.format
@@ -286,7 +310,8 @@ class VideoDataset(_ClipDataset):
         )
 
     def open(self, index: int) -> VideoReader:
-        return VideoReader(str(self._paths[index]), backend=self.backend, num_threads=self.decode_threads)
+        return VideoReader(str(self._paths[index]), backend=self.backend, num_threads=self.decode_threads,
+                           rotation=self.rotation)
 
 
 class RawFrameDataset(_ClipDataset):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import struct
+from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
 import numpy as np
@@ -22,23 +23,38 @@ import numpy as np
 MAX_MOOV_BYTES = 256 << 20  # a sample table beyond this is not read into memory
 
 
-def composition_offsets(path: str, track_id: int) -> np.ndarray | None:
-    """Per-sample composition offsets (decode order) of track `track_id`; zeros when the track
-    has no `ctts` box (presentation order is decode order); None when the file is not laid out
-    as described in the module docstring."""
+@dataclass
+class Mp4Track:
+    """What snvideo reads of one MP4/MOV track itself, beside what ffmpeg exposes."""
+
+    offsets: np.ndarray | None  # per-sample composition offsets (None: not the plain layout)
+    matrix: tuple[int, int, int, int] | None  # the track header's a, b, c, d (16.16), None: no tkhd
+
+
+def read_track(path: str, track_id: int) -> Mp4Track | None:
+    """Track `track_id` of an MP4/MOV file, or None when its `moov` cannot be read. The
+    offsets are zeros when the track has no `ctts` box (presentation order is decode order)
+    and None when the file is not laid out as described in the module docstring."""
     try:
         with open(path, "rb") as file:
             moov = _read_moov(file)
         if moov is None:
             return None
+        # fragmented (`mvex`): the samples are described by later moof boxes
+        fragmented = any(kind == b"mvex" for kind, _, _ in _boxes(moov, 0, len(moov)))
         for kind, start, end in _boxes(moov, 0, len(moov)):
-            if kind == b"mvex":  # fragmented: the samples are described by later moof boxes
-                return None
             if kind == b"trak" and _track_id(moov, start, end) == track_id:
-                return _track_offsets(moov, start, end)
+                offsets = None if fragmented else _track_offsets(moov, start, end)
+                return Mp4Track(offsets, _track_matrix(moov, start, end))
     except (OSError, struct.error, ValueError):
         return None
     return None
+
+
+def composition_offsets(path: str, track_id: int) -> np.ndarray | None:
+    """Per-sample composition offsets (decode order) of track `track_id` (see `read_track`)."""
+    track = read_track(path, track_id)
+    return None if track is None else track.offsets
 
 
 def _header(data: bytes, position: int, end: int) -> tuple[bytes, int, int]:
@@ -98,6 +114,19 @@ def _track_id(data: bytes, start: int, end: int) -> int | None:
     version = data[tkhd[0]]
     # full box header (4 bytes), creation and modification times (4 or 8 bytes each), track_ID
     return struct.unpack_from(">I", data, tkhd[0] + 4 + (16 if version == 1 else 8))[0]
+
+
+def _track_matrix(data: bytes, start: int, end: int) -> tuple[int, int, int, int] | None:
+    """a, b, c, d of the track header's transformation matrix (ISO 14496-12 tkhd)."""
+    tkhd = _child(data, start, end, b"tkhd")
+    if tkhd is None:
+        return None
+    version = data[tkhd[0]]
+    # full box header 4, times and track_ID and reserved and duration (v0: 20, v1: 32),
+    # reserved 8, layer, alternate_group, volume, reserved (2 each); then the 3x3 matrix
+    at = tkhd[0] + 4 + (32 if version == 1 else 20) + 8 + 8
+    a, b, _, c, d = struct.unpack_from(">5i", data, at)
+    return a, b, c, d
 
 
 def _track_offsets(data: bytes, start: int, end: int) -> np.ndarray | None:

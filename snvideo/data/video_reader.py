@@ -1,16 +1,16 @@
 """VideoReader: frame-accurate random access to a video file with PyAV or decord.
 
-Frame i is the i-th frame a sequential PyAV decode yields. backend="auto" opens the file once,
-with PyAV, whose packet index (a demux without decoding) says whether frames can be addressed
-by timestamp:
+Frame i is the i-th frame a sequential PyAV decode yields, turned upright as players show it
+(the display matrix of phone videos; `rotation="ignore"` keeps frames as stored).
+backend="auto" opens the file once, with PyAV, whose packet index (snvideo.data.packet_index)
+says how frames can be reached:
 
-- exact index (MP4/MKV/WebM, AVI without B-frames): PyAV's keyframe seek + decode forward. It
-  was as fast as decord or faster for every request measured (a contiguous training clip,
-  one validation clip, ten test clips spread over the video; 250- and 16-frame GOPs; see
-  docs/data_loading.md), and the file is not opened a second time.
-- timestamps unusable (AVI with B-frames, a first packet that is not a keyframe, repeated
-  pts): PyAV would decode from the first frame, so decord is used if its own addressing can be
-  trusted for this file; it cannot be for
+- by a seek (presentation timestamps in MP4/MOV/MKV/WebM/MPEG-TS/FLV; counted from a clean
+  chunk in AVI without B-frames or with packed B-frames): PyAV's keyframe seek + decode
+  forward, every seek checked against what the decoder hands out. It was as fast as decord or
+  faster for every request measured (docs/data_loading.md), and the file is not opened twice.
+- only from the start (B-frames in AVI without packing, repeated or missing timestamps):
+  decord is used if its own addressing can be trusted for this file; it cannot be for
   - MPEG-4 Part 2 with B-frames (Xvid/DivX style): decord returns neighbouring frames;
   - timestamps missing or not increasing (e.g. AVI with B-frames): decord seeks blindly;
   - a decord frame count that differs from the count the container declares (truncated file);
@@ -26,9 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .containers import UPRIGHT
 from .decord_backend import DecordBackend, decord
 from .errors import VideoReadError
-from .pyav_backend import PyAVBackend
+from .pyav_backend import ROTATIONS, PyAVBackend, header_frames
 
 logger = logging.getLogger("snvideo.data")
 
@@ -65,48 +66,61 @@ class VideoReader:
     out where PyAV has to decode from the first frame (None otherwise).
     `num_threads`: decoder threads (0: the decoder's choice). One by default, as in mmaction2:
     DataLoader workers are the parallelism, and frame threads add latency to every seek.
+    `rotation`: "auto" hands out frames as displayed (`reader.orientation`), "ignore" as stored;
+    `frame_size` and crop boxes are in the frames handed out. `reader.addressing` says how
+    frames are reached ("pts", "count", "sequential", or "decord").
     """
 
-    def __init__(self, path: str | os.PathLike, backend: str = "auto", num_threads: int = 1):
+    def __init__(self, path: str | os.PathLike, backend: str = "auto", num_threads: int = 1,
+                 rotation: str = "auto"):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        if rotation not in ROTATIONS:
+            raise ValueError(f"unknown rotation {rotation!r}; choose from {', '.join(ROTATIONS)}")
+        self.rotation = rotation
         self.path = str(os.fspath(path))  # plain str (not np.str_) so messages show a clean path
         self.requested_backend = backend
         self.fallback_reason: str | None = None
         self.choice_reason: str | None = None
         self._header_size: tuple[int, int] | None = None
+        self._orientation = UPRIGHT  # decord: how its frames are turned (PyAV's backend knows its own)
         self.get_frames_calls = 0
         self.num_threads = num_threads
         _check_file(self.path)
         if backend == "decord":
-            self._backend: DecordBackend | PyAVBackend = DecordBackend(self.path, self.num_threads)
+            orientation, stored_size = header_frames(self.path)
+            self._orientation = orientation if rotation == "auto" else UPRIGHT
+            self._backend: DecordBackend | PyAVBackend = DecordBackend(
+                self.path, self.num_threads, UPRIGHT if rotation == "auto" else orientation.inverse())
+            self._header_size = self._orientation.display_size(*stored_size) if stored_size else None
         elif backend == "pyav":
-            self._backend = PyAVBackend(self.path, self.num_threads)
+            self._backend = PyAVBackend(self.path, self.num_threads, rotation)
         else:
             self._backend = self._open_auto()
 
     def _open_auto(self) -> DecordBackend | PyAVBackend:
-        pyav = PyAVBackend(self.path, self.num_threads)
+        pyav = PyAVBackend(self.path, self.num_threads, self.rotation)
         if pyav.seeks_exactly:
-            self.choice_reason = "PyAV keyframe seek (exact packet index)"
+            self.choice_reason = f"PyAV keyframe seek ({pyav.addressing_reason})"
             return pyav
         probe = ContainerProbe(pyav.codec, pyav.has_b_frames, pyav.declared_frames)
         if decord is None:
             self.fallback_reason = "decord is not installed"
         else:
             try:
-                backend = DecordBackend(self.path, self.num_threads)
+                backend = DecordBackend(self.path, self.num_threads,
+                                        UPRIGHT if self.rotation == "auto" else pyav.header_orientation.inverse())
             except VideoReadError as err:
                 self.fallback_reason = f"decord cannot open it: {err.reason}"
             else:
                 self.fallback_reason = decord_untrusted_reason(probe, backend)
                 if self.fallback_reason is None:
-                    self._header_size = pyav.frame_size
+                    self._header_size, self._orientation = pyav.frame_size, pyav.orientation
                     pyav.close()
                     self.choice_reason = "decord (PyAV's timestamps are unusable, decord's index is sound)"
                     return backend
                 backend.close()
-        self.choice_reason = "PyAV decoding from the first frame (no exact index, decord not trusted)"
+        self.choice_reason = f"PyAV decoding from the first frame ({pyav.addressing_reason}; decord not trusted)"
         logger.debug("%s: PyAV decodes from the first frame (%s)", self.path, self.fallback_reason)
         return pyav
 
@@ -119,6 +133,17 @@ class VideoReader:
         return self._backend.fps
 
     @property
+    def addressing(self) -> str:
+        """How frames are reached: "pts", "count" (PyAV seeks), "sequential" (PyAV from the
+        start) or "decord"; see snvideo.data.packet_index."""
+        return self._backend.addressing if isinstance(self._backend, PyAVBackend) else "decord"
+
+    @property
+    def orientation(self):
+        """How stored frames are turned to be handed out (containers.Orientation)."""
+        return self._backend.orientation if isinstance(self._backend, PyAVBackend) else self._orientation
+
+    @property
     def frames_decoded(self) -> int:
         """Decode work so far: frames PyAV decoded (seek overhead included) or frames asked of decord."""
         return self._backend.frames_decoded
@@ -129,7 +154,7 @@ class VideoReader:
     @property
     def frame_size(self) -> tuple[int, int] | None:
         """(height, width) of the frames from the container header, before decoding anything;
-        None when unknown (decord chosen explicitly)."""
+        None when unknown (a file PyAV cannot open, read with decord)."""
         return getattr(self._backend, "frame_size", None) or self._header_size
 
     def get_frames(self, indices, crop: tuple[int, int, int, int] | None = None,
@@ -166,7 +191,7 @@ class VideoReader:
             self.fallback_reason = f"decord cannot decode it: {err.reason}"
             self.choice_reason = "PyAV decoding from the first frame (decord failed)"
             self._backend.close()
-            self._backend = PyAVBackend(self.path, self.num_threads)
+            self._backend = PyAVBackend(self.path, self.num_threads, self.rotation)
             if self._backend.num_frames < wanted[-1] + 1:
                 raise VideoReadError(self.path, err.reason) from err
             return self._backend.read(wanted, crop, flip)

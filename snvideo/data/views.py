@@ -77,19 +77,20 @@ def load_test_views(
     backend: str = "auto",
     normalize: bool = True,
     num_threads: int = 1,
+    rotation: str = "auto",
 ) -> tuple[torch.Tensor, TestViewsInfo]:
     """All test views of one video: (num_clips * num_crops, C, T, H, W) float, clip-major
     (view = clip * num_crops + crop), plus a TestViewsInfo.
 
     The frames of all clips are read with one get_frames call on their sorted union; clips and
     crops are then cut from memory. `transform` replaces the standard test preset
-    (short_side / crop_size / num_crops are then unused). A path is opened with `backend` and
-    `num_threads` decoder threads and closed again; a reader passed in is left open. normalize=False keeps a TestTransform's
+    (short_side / crop_size / num_crops are then unused). A path is opened with `backend`,
+    `num_threads` decoder threads and `rotation` (VideoReader's) and closed again; a reader passed in is left open. normalize=False keeps a TestTransform's
     views uint8 (normalize them with transforms.normalize_views); a custom transform's output
     is returned as it is either way.
     """
     if isinstance(reader_or_path, (str, os.PathLike)):
-        with VideoReader(reader_or_path, backend=backend, num_threads=num_threads) as reader:
+        with VideoReader(reader_or_path, backend=backend, num_threads=num_threads, rotation=rotation) as reader:
             return load_test_views(reader, num_clips, clip_len, frame_interval, short_side,
                                    crop_size, num_crops, transform, normalize=normalize)
     reader = reader_or_path

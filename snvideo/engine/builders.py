@@ -160,7 +160,7 @@ def train_dataset(cfg: Config):
         return VideoDataset(d.train_ann, d.root, clip_len=d.clip_len, frame_interval=d.frame_interval,
                             num_clips=1, test_mode=False, transform=transform,
                             short_side=d.short_side, crop_size=d.crop_size, backend=d.backend,
-                            seed=cfg.train.seed, classes_file=d.classes_file, split=d.split,
+                            rotation=d.rotation, seed=cfg.train.seed, classes_file=d.classes_file, split=d.split,
                             normalize=False, decode_threads=d.decode_threads,
                             cache_bytes=int(d.cache_max_gb * 1e9) if d.cache else 0)
     except ValueError as e:  # a malformed or ambiguous annotation: one line naming the file
@@ -177,7 +177,7 @@ def eval_dataset(cfg: Config, ann_file: str, num_clips: int, num_crops: int, cla
         return VideoDataset(ann_file, d.root, clip_len=d.clip_len, frame_interval=d.frame_interval,
                             num_clips=num_clips, test_mode=True, short_side=d.short_side,
                             crop_size=d.crop_size, num_crops=num_crops, backend=d.backend,
-                            classes=classes, classes_file=d.classes_file, split=d.split,
+                            rotation=d.rotation, classes=classes, classes_file=d.classes_file, split=d.split,
                             decode_threads=d.decode_threads)
     except ValueError as e:
         raise ConfigError(str(e).splitlines()[0]) from None

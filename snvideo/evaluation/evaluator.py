@@ -278,7 +278,8 @@ def predict_video(model: nn.Module, path: str, test_cfg: Any, data_cfg: Any,
                                data_cfg.frame_interval, data_cfg.short_side,
                                data_cfg.crop_size, test_cfg.num_crops,
                                backend=getattr(data_cfg, "backend", "auto"), normalize=False,
-                               num_threads=getattr(data_cfg, "decode_threads", 1))
+                               num_threads=getattr(data_cfg, "decode_threads", 1),
+                               rotation=getattr(data_cfg, "rotation", "auto"))
     net = unwrap(model)
     was_training = net.training
     net.eval()
