@@ -18,30 +18,18 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".3gp", ".ogv", ".wmv", ".ts"}
-)
+from .containers import VIDEO_EXTENSIONS
+from .layouts import (detect_directory_format, is_sthv2_json, load_class_folders, load_hmdb51,
+                      load_sthv2, load_ucf101, read_class_file, relabel)
+from .records import Annotations, VideoRecord
+
+__all__ = ["VIDEO_EXTENSIONS", "Annotations", "VideoRecord", "detect_format", "load_annotations",
+           "load_rawframe_annotations", "read_class_names", "write_label_map"]
+
 KINETICS_COLUMNS = ("youtube_id", "time_start", "time_end")
-
-
-@dataclass(frozen=True)
-class VideoRecord:
-    path: str  # where the video is (root joined)
-    label: int  # class index, -1 when the annotation has no label
-    video_id: str  # Kinetics "{youtube_id}_{start:06d}_{end:06d}" or the list file's relative path
-    num_frames: int = 0  # rawframe lists only
-
-
-@dataclass
-class Annotations:
-    records: list[VideoRecord]
-    classes: list[str]
-    missing: list[str] = field(default_factory=list)  # ids listed in the file but absent on disk
-    format: str = "list"  # "kinetics_csv", "list", "rawframes", "ucf101", "hmdb51", "sthv2", "folders"
 
 
 def read_class_names(classes: Sequence[str] | str | os.PathLike | None) -> list[str] | None:
@@ -71,8 +59,6 @@ def detect_format(ann_file: str | os.PathLike, classes_file: str | os.PathLike |
 
     A folder: HMDB51 split files or class folders. A JSON list: Something-Something v2. A text
     list: UCF101 when `classes_file` is a classInd.txt, otherwise from the first line."""
-    from .layouts import detect_directory_format, is_sthv2_json, read_class_file
-
     if os.path.isdir(ann_file):
         return detect_directory_format(ann_file)
     if is_sthv2_json(ann_file):
@@ -103,9 +89,6 @@ def load_annotations(
     fixes the class order. classes: the order to label in (e.g. a trained model's), matched by
     name; for an int-labelled list it is the label map. split / subset: the HMDB51 split
     (1, 2, 3) and which part of it ("train": videos marked 1, "test": marked 2)."""
-    from .layouts import (load_class_folders, load_hmdb51, load_sthv2, load_ucf101, read_class_file,
-                          relabel)
-
     class_file = read_class_file(classes_file) if classes_file is not None else None
     given = read_class_names(classes)
     fmt = detect_format(ann_file, classes_file)

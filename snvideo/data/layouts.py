@@ -23,7 +23,8 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from .annotations import VIDEO_EXTENSIONS, Annotations, VideoRecord
+from .containers import VIDEO_EXTENSIONS
+from .records import Annotations, VideoRecord
 
 HMDB_SPLIT_FILE = re.compile(r"(.+)_test_split(\d+)\.txt")
 _INDEXED_LINE = re.compile(r"(-?\d+)\s+(\S.*)")
