@@ -1,13 +1,16 @@
 """Extract JPEG frames from every video under SRC, MMAction2 rawframes layout.
 
     python data_tools/extract_frames.py SRC OUT [--short-side 256] [--quality 95]
-                                        [--workers N] [--list OUT_LIST]
+                                        [--rotation auto] [--workers N] [--list OUT_LIST]
 
 SRC/a/b.mp4 -> OUT/a/b/img_00001.jpg, img_00002.jpg, ... and a list file with lines
 ``frame_dir total_frames label`` (frame_dir relative to OUT; label = index of the video's
 folder name among the sorted folder names, or -1 for videos directly in SRC).  Each frame
 directory is written under a temporary name and renamed when complete, so a re-run skips
-finished videos and redoes interrupted ones.
+finished videos and redoes interrupted ones.  Frames are written upright as players show them
+(the display rotation of phone videos), as VideoReader hands them to training with
+``data.rotation=auto``; ``--rotation ignore`` writes them as stored.  --short-side applies to
+the frame as written.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ class Task:
     short_side: int
     quality: int
     threads: int
+    rotation: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,10 @@ def count_frames(frame_dir: Path) -> int:
 
 def extract_one(task: Task) -> Result:
     import av
+    import numpy as np
+    from PIL import Image
+
+    from snvideo.data.containers import UPRIGHT, Orientation
 
     final = Path(task.out_root) / task.rel
     if final.is_dir():
@@ -71,11 +79,19 @@ def extract_one(task: Task) -> Result:
             stream.codec_context.thread_count = task.threads
             n = 0
             for frame in container.decode(stream):
-                w, h = scaled_size(frame.width, frame.height, task.short_side)
+                # each decoded frame carries its display rotation (VideoReader's orientation)
+                turn = (Orientation.from_degrees(frame.rotation) if task.rotation == "auto"
+                        else UPRIGHT)
+                shown_h, shown_w = turn.display_size(frame.height, frame.width)
+                w, h = scaled_size(shown_w, shown_h, task.short_side)
+                if turn.quarter_turns % 2:
+                    w, h = h, w  # scale the stored frame, then turn it
                 if (w, h) != (frame.width, frame.height):
                     frame = frame.reformat(width=w, height=h, interpolation="AREA")
+                rgb = turn.to_display(frame.to_ndarray(format="rgb24"))
                 n += 1
-                frame.to_image().save(tmp / f"img_{n:05d}.jpg", quality=task.quality)
+                Image.fromarray(np.ascontiguousarray(rgb)).save(tmp / f"img_{n:05d}.jpg",
+                                                                quality=task.quality)
             if n == 0:
                 raise ValueError("no frames decoded")
         return Result(task.rel, "done", n)
@@ -92,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--short-side", type=int, default=256,
                    help="resize so the short side is this many pixels (0 = keep; default 256)")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality 1-100 (default 95)")
+    p.add_argument("--rotation", choices=("auto", "ignore"), default="auto",
+                   help="auto: frames upright as players show them (phone videos); ignore: as "
+                   "stored. Match the training's data.rotation (default auto)")
     p.add_argument("--list", dest="list_file", metavar="OUT_LIST",
                    help="rawframes list file (default OUT/rawframes_list.txt)")
     add_workers_arg(p)
@@ -128,7 +147,8 @@ def _run(args: argparse.Namespace) -> int:
             summary.add("failed", str(video), f"frame dir {rel!r} already used by another video")
             continue
         seen.add(rel)
-        tasks.append(Task(str(video), rel, str(out), args.short_side, args.quality, threads))
+        tasks.append(Task(str(video), rel, str(out), args.short_side, args.quality, threads,
+                          args.rotation))
 
     frames: dict[str, int] = {}
     for res in progress(pool_map(extract_one, tasks, args.workers), len(tasks), PROG):

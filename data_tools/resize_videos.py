@@ -1,7 +1,7 @@
 """Re-encode every video under SRC to H.264 mp4 with a smaller short side and dense keyframes.
 
     python data_tools/resize_videos.py SRC OUT --short-side 256 [--gop 16] [--crf 23]
-                                       [--cabac] [--workers N]
+                                       [--cabac] [--rotation auto] [--workers N]
 
 SRC/a/b.webm -> OUT/a/b.mp4: short side resized to --short-side (both dimensions even, as
 yuv420p needs), a keyframe every --gop frames and no scene-cut keyframes (so reading a clip
@@ -10,8 +10,11 @@ rate.  Entropy coding is CAVLC unless --cabac: on the 340x256 benchmark videos o
 benchmarks/bench_data.py, CABAC made GOP-16 files 11% smaller and a training clip 1.3-1.7x
 slower to decode. The deblocking filter stays on: x264's `tune=fastdecode` also turns it off,
 which was about 5% faster again on the same files, at a cost in picture quality that was not
-measured.  Outputs are written under a temporary name and renamed when complete; existing
-outputs are skipped on a re-run.
+measured.  Frames are encoded upright as players show them (the display rotation of phone
+videos; the output carries none, and its size is that of the displayed frame), as VideoReader
+hands them to training with ``data.rotation=auto``; ``--rotation ignore`` keeps them as stored,
+also without rotation metadata.  Outputs are written under a temporary name and renamed when
+complete; existing outputs are skipped on a re-run.
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ class Task:
     preset: str
     threads: int
     cabac: bool = False
+    rotation: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -60,11 +64,26 @@ def even_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return even(width * short_side / height), even(short_side)
 
 
+def _turned_yuv420p(frame, turn):
+    """A yuv420p frame (both sides even) turned by `turn` (containers.Orientation) plane by
+    plane, without a round trip through RGB."""
+    import av
+    import numpy as np
+
+    h, w = frame.height, frame.width
+    planes = frame.to_ndarray()  # (h * 3 / 2, w): the Y plane, then the U and V planes
+    y = turn.to_display(planes[:h])
+    uv = turn.to_display(planes[h:].reshape(2, h // 2, w // 2), axes=(1, 2))
+    turned = np.concatenate([y.ravel(), uv.ravel()]).reshape(-1, y.shape[1])
+    return av.VideoFrame.from_ndarray(turned, format="yuv420p")
+
+
 def resize_one(task: Task) -> Result:
     import av
     from av.video.frame import PictureType
 
     from snvideo.atomic import atomic_output
+    from snvideo.data.containers import UPRIGHT, Orientation
 
     dst = Path(task.dst)
     if dst.exists():
@@ -81,8 +100,12 @@ def resize_one(task: Task) -> Result:
             with av.open(tmp, mode="w", format="mp4") as out:
                 ostream = None
                 for frame in src.decode(istream):
+                    # each decoded frame carries its display rotation (VideoReader's orientation)
+                    turn = (Orientation.from_degrees(frame.rotation) if task.rotation == "auto"
+                            else UPRIGHT)
                     if ostream is None:  # size known from the first decoded frame
-                        w, h = even_size(frame.width, frame.height, task.short_side)
+                        shown_h, shown_w = turn.display_size(frame.height, frame.width)
+                        w, h = even_size(shown_w, shown_h, task.short_side)
                         ostream = out.add_stream("libx264", rate=rate)
                         ostream.width, ostream.height, ostream.pix_fmt = w, h, "yuv420p"
                         ostream.codec_context.thread_count = task.threads
@@ -91,8 +114,13 @@ def resize_one(task: Task) -> Result:
                                            "g": str(task.gop), "keyint_min": str(task.gop),
                                            "sc_threshold": "0",
                                            "x264-params": f"cabac={int(task.cabac)}"}
-                    frame = frame.reformat(width=ostream.width, height=ostream.height,
-                                           format="yuv420p", interpolation="AREA")
+                    w, h = ostream.width, ostream.height
+                    if turn.quarter_turns % 2:
+                        w, h = h, w  # scale the stored frame, then turn it
+                    frame = frame.reformat(width=w, height=h, format="yuv420p",
+                                           interpolation="AREA")
+                    if turn.quarter_turns:
+                        frame = _turned_yuv420p(frame, turn)
                     frame.pts, frame.time_base = n, 1 / rate
                     frame.pict_type = PictureType.NONE  # else source I-frames force keyframes
                     n += 1
@@ -122,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="x264 preset, e.g. veryfast / medium / slow (default medium)")
     p.add_argument("--cabac", action="store_true",
                    help="CABAC entropy coding: smaller files, slower decoding (default CAVLC)")
+    p.add_argument("--rotation", choices=("auto", "ignore"), default="auto",
+                   help="auto: encode frames upright as players show them (phone videos); "
+                   "ignore: as stored. Match the training's data.rotation (default auto)")
     add_workers_arg(p)
     return p
 
@@ -158,7 +189,7 @@ def _run(args: argparse.Namespace) -> int:
             continue
         seen.add(dst)
         tasks.append(Task(str(video), str(dst), args.short_side, args.gop, args.crf,
-                          args.preset, threads, args.cabac))
+                          args.preset, threads, args.cabac, args.rotation))
     for res in progress(pool_map(resize_one, tasks, args.workers), len(tasks), PROG):
         summary.add(res.status, res.name, res.reason)
     summary.print(PROG)

@@ -133,6 +133,24 @@ def test_rotation_on_the_forced_backends(references, backend):
         assert np.array_equal(reader.get_frames([7]).numpy()[0], stored[7])
 
 
+def test_a_mirrored_matrix_is_turned_as_its_frames_say(tmp_path, references):
+    """A track header matrix with a mirror (rot90's, transposed): the reader turns the frames
+    by the angle FFmpeg gives them, before decoding, so crops drawn in frame_size work."""
+    import struct
+
+    data = bytearray((DATA / "rot90.mp4").read_bytes())
+    at = data.find(b"tkhd") + 4 + 40 + 4  # version 0 tkhd: the matrix's b
+    data[at:at + 4] = struct.pack(">i", -struct.unpack(">i", data[at:at + 4])[0])
+    path = tmp_path / "mirror.mp4"
+    path.write_bytes(bytes(data))
+    with av.open(str(path)) as container:
+        degrees = next(container.decode(video=0)).rotation
+    with VideoReader(path) as reader:
+        assert reader.orientation == Orientation.from_degrees(degrees) and reader.frame_size == (128, 96)
+        assert reader.get_frames([5], crop=(0, 0, 64, 64)).shape == (1, 64, 64, 3)
+        assert reader._backend.seek_failure is None
+
+
 def test_rotation_found_only_in_the_frames_is_learned(tmp_path, monkeypatch, references):
     """A container whose header gives no rotation but whose frames carry one (not MP4): a read
     without a box is turned right away; the next reader of the file knows it before decoding."""

@@ -1,5 +1,6 @@
-"""The data tools on tiny generated videos: extract_frames, resize_videos, build_file_list,
-check_videos (layouts, list files, resume, failures, argument errors)."""
+"""The data tools on tiny generated videos and the real-world fixtures: extract_frames,
+resize_videos, build_file_list, check_videos (layouts, list files, resume, failures, rotation,
+--deep, argument errors)."""
 from __future__ import annotations
 
 import importlib
@@ -18,6 +19,7 @@ from PIL import Image
 from snvideo.data.synthetic import render_video, write_video
 
 REPO = Path(__file__).resolve().parents[1]
+REAL = REPO / "tests" / "data" / "real_world"  # made by make_fixtures.sh there
 sys.path.insert(0, str(REPO / "data_tools"))
 TOOLS = ["extract_frames", "resize_videos", "build_file_list", "check_videos",
          "make_demo_dataset"]
@@ -31,6 +33,15 @@ def make_video(path: Path, frames: int = 12, height: int = 32, width: int = 48, 
                codec: str = "h264", seed: int = 0) -> Path:
     return write_video(path, render_video(seed % 10, seed, height, width, frames), fps=fps,
                        codec=codec)
+
+
+def rot90_frame5() -> np.ndarray:
+    """Frame 5 of rot90.mp4 as the ffmpeg CLI shows it: upright, 96 wide and 128 high."""
+    return np.fromfile(REAL / "rot90.raw", np.uint8).reshape(128, 96, 3).astype(float)
+
+
+def mean_abs(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(np.asarray(a, dtype=float) - b).mean())
 
 
 def probe(path: Path) -> dict:
@@ -124,6 +135,29 @@ def test_extracted_frames_match_video_reader_and_load_as_rawframes(tmp_path):
     assert clip.shape[-3:] == (4, 32, 32)
 
 
+def test_extract_frames_writes_rotated_video_upright(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(REAL / "rot90.mp4", src)
+    raw = rot90_frame5()
+    for rotation, short_side in (("auto", "0"), ("ignore", "0"), ("auto", "48")):
+        out = tmp_path / f"{rotation}{short_side}"
+        assert tool("extract_frames").main([str(src), str(out), "--short-side", short_side,
+                                            "--quality", "100", "--rotation", rotation,
+                                            "--workers", "0"]) == 0
+        assert (out / "rawframes_list.txt").read_text() == "rot90 96 -1\n"
+        jpg = np.asarray(Image.open(out / "rot90" / "img_00006.jpg"))   # frame 5
+        if short_side == "48":  # the short side of the upright frame
+            assert jpg.shape == (64, 48, 3)
+        elif rotation == "auto":
+            assert jpg.shape == (128, 96, 3)
+            assert mean_abs(jpg, raw) < 4                       # JPEG + chroma subsampling
+            assert mean_abs(jpg, np.rot90(raw, 2)) > 30         # turned the wrong way
+        else:  # as stored: landscape, the displayed frame turned back
+            assert jpg.shape == (96, 128, 3)
+            assert mean_abs(jpg, np.rot90(raw, -1)) < 4
+
+
 # --------------------------------------------------------------------------------------------
 # resize_videos
 # --------------------------------------------------------------------------------------------
@@ -183,6 +217,31 @@ def test_resize_videos_dims_gop_frames_and_resume(tmp_path, capsys):
     assert tool("resize_videos").main([str(src), str(tmp_path / "cabac"), "--short-side", "20",
                                        "--cabac", "--workers", "0"]) == 0
     assert b"cabac=1" in x264_settings(tmp_path / "cabac" / "b.mp4")
+
+
+def test_resize_videos_encodes_rotated_video_upright(tmp_path):
+    from snvideo.data import VideoReader
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(REAL / "rot90.mp4", src)
+    raw = rot90_frame5()
+    for rotation, size in (("auto", (96, 128)), ("ignore", (128, 96))):
+        out = tmp_path / rotation
+        assert tool("resize_videos").main([str(src), str(out), "--short-side", "96",
+                                           "--preset", "veryfast", "--rotation", rotation,
+                                           "--workers", "0"]) == 0
+        with av.open(str(out / "rot90.mp4")) as c:
+            frames = list(c.decode(video=0))
+        assert len(frames) == 96 and {f.rotation for f in frames} == {0}   # no display matrix
+        assert (frames[0].width, frames[0].height) == size
+        frame5 = frames[5].to_ndarray(format="rgb24")
+        if rotation == "auto":
+            assert mean_abs(frame5, raw) < 5 and mean_abs(frame5, np.rot90(raw, 2)) > 30
+        else:
+            assert mean_abs(frame5, np.rot90(raw, -1)) < 5
+        with VideoReader(out / "rot90.mp4") as reader:
+            assert reader.orientation.quarter_turns == 0 and reader.frame_size == size[::-1]
 
 
 def x264_settings(path: Path) -> bytes:
@@ -316,6 +375,102 @@ def test_check_videos_list_csv_and_resume(tmp_path, check_tree, capsys):
                                       str(out), "--workers", "0"]) == 0
     assert read_bad(out)["good/a.mp4"] == "recorded earlier"
     assert "(1 from an interrupted run)" in capsys.readouterr().out
+    assert not Path(f"{out}.partial").exists()
+
+
+def deep_rows(stdout: str) -> dict[str, list[str]]:
+    """check_videos --deep lines by file name: [addressing, verdict, detail]."""
+    rows = [line.split("\t") for line in stdout.splitlines() if "\t" in line]
+    assert all(len(r) == 4 and r[3] for r in rows)
+    return {Path(r[0]).name: r[1:] for r in rows}
+
+
+# how VideoReader(backend="auto") reaches the frames of these fixtures
+DEEP_FIXTURES = {"xvid_packed.avi": "count", "h264_bframes.ts": "pts", "cut_nokey.mkv": "pts",
+                 "flv1.flv": "pts", "rot90.mp4": "pts", "h264_bframes.avi": "sequential"}
+
+
+def test_check_videos_deep_real_world_files(tmp_path, capsys):
+    root = tmp_path / "videos"
+    root.mkdir()
+    for name in DEEP_FIXTURES:
+        shutil.copy(REAL / name, root)
+    out = tmp_path / "bad.txt"
+    assert tool("check_videos").main([str(root), "--deep", "--fail-on-bad", "--out", str(out),
+                                      "--workers", "2"]) == 0
+    stdout = capsys.readouterr().out
+    rows = deep_rows(stdout)
+    assert {name: row[:2] for name, row in rows.items()} == {
+        name: [addressing, "ok"] for name, addressing in DEEP_FIXTURES.items()}
+    assert "keyframe seek" in rows["xvid_packed.avi"][2]              # the reader's choice_reason
+    assert out.read_text() == ""
+    assert ("good 6, bad 0; deep: ok 6, falls back 0, MISMATCH 0, BAD 0; "
+            "addressing: count 1, pts 4, sequential 1") in stdout
+
+
+def test_check_videos_deep_reports_mismatch_and_fallback(tmp_path, capsys, monkeypatch):
+    """Forged faults: a reader that hands out frame i + 1 for frame i (off by one, as decord on
+    some files) or frames of another size than its frame_size is a MISMATCH and bad; a file
+    where every seek is contradicted falls back to sequential decoding, reads right and stays
+    good."""
+    import snvideo.data
+    from snvideo.data import pyav_backend
+
+    class Forged(snvideo.data.VideoReader):
+        @property
+        def frame_size(self):
+            size = super().frame_size
+            return size[::-1] if Path(self.path).name == "turned.mp4" else size
+
+        def get_frames(self, indices, *args, **kwargs):
+            if Path(self.path).name == "shifted.ts":
+                indices = np.minimum(np.asarray(indices) + 1, len(self) - 1)
+            return super().get_frames(indices, *args, **kwargs)
+
+    read_by_seeking = pyav_backend.PyAVBackend._read_by_seeking
+
+    def contradicted(self, wanted, clip):
+        if Path(self.path).name == "fallback.mp4":
+            raise pyav_backend._AddressingMismatch("forged contradiction")
+        return read_by_seeking(self, wanted, clip)
+
+    monkeypatch.setattr(snvideo.data, "VideoReader", Forged)
+    monkeypatch.setattr(pyav_backend.PyAVBackend, "_read_by_seeking", contradicted)
+    root = tmp_path / "videos"
+    root.mkdir()
+    shutil.copy(REAL / "h264_bframes.ts", root / "shifted.ts")
+    shutil.copy(REAL / "rot90.mp4", root / "fallback.mp4")
+    shutil.copy(REAL / "xvid_packed.avi", root / "fine.avi")
+    shutil.copy(REAL / "cut_source.mp4", root / "turned.mp4")
+    (root / "broken.mp4").write_text("not a video\n")
+    out = tmp_path / "bad.txt"
+    args = [str(root), "--deep", "--out", str(out), "--workers", "0"]
+    assert tool("check_videos").main(args + ["--fail-on-bad"]) == 1
+    stdout = capsys.readouterr().out
+    rows = deep_rows(stdout)
+    assert rows["shifted.ts"][:2] == ["pts", "MISMATCH"]
+    assert rows["shifted.ts"][2].startswith("frame 0 read alone ")
+    assert rows["fallback.mp4"] == ["pts", "falls back", "to sequential decoding: seeking gave "
+                                    "up: forged contradiction"]
+    assert rows["fine.avi"][:2] == ["count", "ok"]
+    assert rows["turned.mp4"] == ["pts", "MISMATCH", "frames read alone are 128x96, the reader's "
+                                  "frame_size on open says 96x128 (training crops would fail)"]
+    assert rows["broken.mp4"][:2] == ["-", "BAD"]
+    bad = read_bad(out, root)
+    assert set(bad) == {"shifted.ts", "turned.mp4", "broken.mp4"}
+    assert bad["shifted.ts"].startswith("MISMATCH: frame 0 read alone ")
+    assert "deep: ok 1, falls back 1, MISMATCH 2, BAD 1" in stdout
+
+    # Resume: a --deep run reuses what a --deep run recorded, and re-checks the rest.
+    Path(f"{out}.partial").write_text(f"ok\t{root / 'shifted.ts'}\t\tpts\tok\trecorded earlier\n"
+                                      f"bad\t{root / 'fine.avi'}\trecorded without --deep\n")
+    assert tool("check_videos").main(args) == 0
+    stdout = capsys.readouterr().out
+    rows = deep_rows(stdout)
+    assert rows["shifted.ts"] == ["pts", "ok", "recorded earlier"]   # not checked again
+    assert rows["fine.avi"][:2] == ["count", "ok"] and len(rows) == 5
+    assert "(1 from an interrupted run)" in stdout and "deep: ok 2, falls back 1" in stdout
+    assert set(read_bad(out, root)) == {"turned.mp4", "broken.mp4"}
     assert not Path(f"{out}.partial").exists()
 
 

@@ -8,6 +8,7 @@ the decoder hands out and falls back when a rule was wrong for a file.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,13 +70,12 @@ class Orientation:
 
     @classmethod
     def from_matrix(cls, a: int, b: int, c: int, d: int) -> Orientation:
-        """From the rotation part of an MP4 track header's matrix (the 16.16 values a, b, c, d).
-        A mirrored matrix (negative determinant) is not turned (see docs/data_loading.md)."""
-        if a * d - b * c <= 0:
+        """From the rotation part of an MP4 track header's matrix (a, b, c, d), the angle
+        FFmpeg gives the decoded frames (av_display_rotation_get). A mirror in the matrix is
+        not applied, as FFmpeg's rotation leaves it out too (docs/data_loading.md)."""
+        if not (math.hypot(a, c) and math.hypot(b, d)):
             return cls(0)
-        if abs(a) >= abs(b):
-            return cls(0 if a > 0 else 2)
-        return cls(1 if b < 0 else 3)
+        return cls.from_degrees(-math.degrees(math.atan2(b / math.hypot(b, d), a / math.hypot(a, c))))
 
     def inverse(self) -> Orientation:
         return Orientation((4 - self.quarter_turns) % 4)

@@ -108,11 +108,14 @@ def header_frames(path: str) -> tuple[Orientation, tuple[int, int] | None]:
 
 
 def _header_orientation(container, stream, path: str):
-    """(orientation, mp4_index track or None) of an opened file."""
+    """(orientation, mp4_index track or None) of an opened file: what its frames showed this
+    process before, else the MP4/MOV track header's matrix."""
     track = read_track(path, stream.id) if containers.is_mp4_family(container) else None
+    if path in _ROTATION_SEEN_IN_FRAMES:
+        return _ROTATION_SEEN_IN_FRAMES[path], track
     if track is not None and track.matrix is not None:
         return Orientation.from_matrix(*track.matrix), track
-    return _ROTATION_SEEN_IN_FRAMES.get(path, UPRIGHT), track
+    return UPRIGHT, track
 
 
 class PyAVBackend:
