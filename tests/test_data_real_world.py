@@ -26,6 +26,7 @@ ADDRESSING = {
     "cut_nokey.ts": "pts",  # cut without a leading keyframe
     "cut_nokey.mkv": "pts",
     "cut_nokey.mp4": "pts",
+    "mpeg4_cut_nokey.mkv": "pts",  # ... whose decoder shows the frames before the keyframe
     "flv1.flv": "pts",  # no frame size in the header
     "h263.3gp": "pts",
     "av1.mp4": "pts",  # libaom: hidden alt-ref frames
@@ -171,6 +172,18 @@ def test_rotation_found_only_in_the_frames_is_learned(tmp_path, monkeypatch, ref
         assert np.array_equal(reader.get_frames([5])[0].numpy(), references["rot90.mp4"][5])
     with VideoReader(path) as reader:
         assert reader.frame_size == (128, 96)
+
+
+def test_a_head_the_decoder_shows_counts_and_reads_from_the_start(references):
+    """MPEG-4 Part 2 decodes the P-frames before the first keyframe (against grey): they are
+    frames, read from the start; frames after the keyframe are still seeked to."""
+    with VideoReader(DATA / "mpeg4_cut_nokey.mkv") as reader:
+        first_key = reader._backend._index.entries[0]
+        assert first_key > 0 and len(reader) == len(references["mpeg4_cut_nokey.mkv"])
+        reader.get_frames([0, first_key - 1])
+        decoded = reader.frames_decoded
+        reader.get_frames([len(reader) - 1])
+        assert reader._backend.seek_failure is None and reader.frames_decoded - decoded < len(reader) - first_key
 
 
 def test_av1_keeps_seeking_without_skipping_frames():

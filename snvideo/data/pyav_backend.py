@@ -239,7 +239,9 @@ class PyAVBackend:
             raise VideoReadError(self.path, f"cannot decode: {short_message(err)}") from err
 
     def _read(self, wanted: list[int], box, flip: bool) -> torch.Tensor:
-        while self.seeks_exactly:
+        # frames before the first keyframe (a cut stream whose decoder shows its head) are
+        # reached only from the start
+        while self.seeks_exactly and self._index.entries and wanted[0] >= self._index.entries[0]:
             try:
                 return self._read_by_seeking(wanted, self._clip(len(wanted), box, flip))
             except _SampleTableMismatch:  # once at most: a demux index has no table to contradict
@@ -277,8 +279,6 @@ class PyAVBackend:
         try:
             while pos < len(wanted):
                 entry = bisect.bisect_right(index.entries, wanted[pos]) - 1
-                if entry < 0:
-                    raise _AddressingMismatch(f"frame {wanted[pos]} lies before the first keyframe")
                 for step_back in range(MAX_STEP_BACK + 1):
                     try:
                         pos = self._pass(entry, wanted, pos, clip)

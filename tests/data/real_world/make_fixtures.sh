@@ -36,3 +36,7 @@ copy -i cut_source.mp4 -c copy -metadata:s:v:0 rotate=90 rot90.mp4
 copy -i cut_source.mp4 -c copy -metadata:s:v:0 rotate=270 rot270.mov
 copy -i cut_source.mp4 -c copy -metadata:s:v:0 rotate=180 rot180.mp4
 copy -i rot90.mp4 -vf "select=eq(n\,5)" -frames:v 1 -f rawvideo -pix_fmt rgb24 rot90.raw
+# MPEG-4 Part 2 cut without a leading keyframe: its decoder shows the head (against grey)
+enc 96 -c:v mpeg4 -g 30 -bf 0 mpeg4_source.mkv
+copy -i mpeg4_source.mkv -ss 1.37 -c copy -copyinkf -avoid_negative_ts disabled mpeg4_cut_nokey.mkv
+rm mpeg4_source.mkv
