@@ -179,3 +179,102 @@ def test_kernel_choice():
     if not triton_sn.can_run(cpu):
         with pytest.raises(RuntimeError, match="kernel='triton'"):
             SwitchNorm3d(3, kernel="triton")(cpu)
+
+
+# --- what the interpreter cannot show by itself: NaN bits, 64-bit offsets, grid limits --------
+if triton_sn.triton_available() and triton_sn.can_run(torch.empty(1, device=DEVICE)):
+    import triton
+    import triton.language as tl
+
+    from snvideo.norm import _triton_kernels as K
+
+    @triton.jit
+    def _round_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr, HW_CAST: tl.constexpr):
+        i = tl.arange(0, BLOCK)
+        v = tl.load(x_ptr + i, mask=i < n)
+        tl.store(y_ptr + i, K._round(v, y_ptr.dtype.element_ty, HW_CAST), mask=i < n)
+
+    @triton.jit
+    def _offsets_kernel(out_ptr, n, stride_n, stride_c, stride_m, BLOCK_C: tl.constexpr,
+                        BLOCK_M: tl.constexpr, INDEX_64: tl.constexpr):
+        cs = tl.arange(0, BLOCK_C)
+        ms = tl.arange(0, BLOCK_M)
+        offsets = K._offsets(n, cs, ms, stride_n, stride_c, stride_m, INDEX_64)
+        tl.store(out_ptr + cs[:, None] * BLOCK_M + ms[None, :], offsets)
+
+# float32 bit patterns: GPU NaNs (0x7FFFFFFF, 0xFFFFFFFF), a signalling-style NaN whose top 16
+# bits alone would read as Inf, the interpreter's NaN, +-Inf, and two bfloat16 ties
+CRAFTED = [0x7FFFFFFF, 0xFFFFFFFF, 0x7F800001, 0x7FC00000, 0x7F800000, 0xFF800000, 0x3F808000,
+           0x3F818000]
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_rounding_keeps_nan_and_inf_from_crafted_bits(dtype):
+    """The hand rounding (the interpreter's) and the hardware cast (a GPU's) both keep NaN as
+    NaN and Inf as Inf, and round ties to even, as torch's own conversion does."""
+    x = torch.tensor(CRAFTED, dtype=torch.int64).to(torch.int32).view(torch.float32).to(DEVICE)
+    y = torch.empty(len(CRAFTED), dtype=dtype, device=DEVICE)
+    _round_kernel[(1,)](x, y, len(CRAFTED), BLOCK=8, HW_CAST=not triton_sn.interpreter_enabled())
+    want = x.to(dtype)
+    assert torch.isnan(y[:4]).all() and torch.equal(y[4:6], want[4:6]) and torch.isinf(y[4:6]).all()
+    assert torch.equal(y[6:], want[6:])  # ties to even
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_nan_and_inf_reach_y_and_dx(dtype):
+    """A NaN or Inf in x comes out of the layer as NaN (not a finite number), in y and dx, so
+    the non-finite guard sees it."""
+    layer = _layer(4, True, True)
+    x = _input((2, 4, 1, 3, 3), False, dtype=dtype).requires_grad_(False)
+    x[0, 1, 0, 1, 1] = float("nan")
+    x[1, 2, 0, 0, 0] = float("inf")
+    x.requires_grad_()
+    y = layer(x)
+    assert torch.isnan(y[0, 1]).all() and torch.isnan(y[1, 2]).all()  # the rows' moments are NaN
+    y.backward(torch.ones_like(y))
+    assert torch.isnan(x.grad[0, 1]).all() and not torch.isfinite(x.grad[1, 2]).any()
+
+
+@needs_triton
+def test_offsets_pass_two_to_the_31_in_64_bits():
+    """Offsets computed for strides that put elements past 2^31 (no 8 GB tensor needed: the
+    kernel only computes them): 64-bit when asked, the exact integers."""
+    stride_n, stride_c, stride_m = 3 * 2**30, 2**20, 2**11
+    out = torch.empty((4, 8), dtype=torch.int64, device=DEVICE)
+    _offsets_kernel[(1,)](out, 1, stride_n, stride_c, stride_m, BLOCK_C=4, BLOCK_M=8, INDEX_64=True)
+    want = torch.tensor([[stride_n + c * stride_c + m * stride_m for m in range(8)] for c in range(4)])
+    assert torch.equal(out.cpu(), want) and want.max() > 2**31
+
+
+def test_index_width_and_grid_follow_the_tensor_size():
+    """64-bit offsets from 2^31 elements on (shapes on the meta device: nothing allocated), and a
+    one-axis grid within CUDA's 2^31 - 1 for channels-last layers up to M = 10^8."""
+    def rows(n, c, m, channels_last):
+        strides = (c * m, 1, c) if channels_last else (c * m, m, 1)
+        return torch.empty_strided((n, c, m), strides, device="meta", dtype=torch.bfloat16)
+
+    assert not triton_sn.needs_index_64(rows(8, 64, 16 * 56 * 56, True))
+    assert triton_sn.needs_index_64(rows(8, 64, 2**22 + 1, True))
+    assert triton_sn.needs_index_64(rows(1, 1, 2**31, False))
+    for m in (1, 4_194_305, 10**7, 10**8):
+        for channels_last in (False, True):
+            r = rows(8, 64, m, channels_last)
+            block_c, block_m = triton_sn._tiles(r, triton_sn._ELEMENTWISE_TILE)
+            grid = triton_sn.elementwise_grid(8, 64, m, block_c, block_m)
+            assert len(grid) == 1 and grid[0] <= 2**31 - 1
+            assert grid[0] * block_c * block_m >= 8 * 64 * m  # every element has a program
+
+
+@needs_triton
+def test_64_bit_offsets_give_the_same_results(monkeypatch):
+    """The 64-bit index path compiles and computes what the 32-bit one does."""
+    layer = _layer(5, True, True)
+    x = _input((3, 5, 2, 3, 4), True).requires_grad_()
+    y32 = layer(x)
+    (g32,) = torch.autograd.grad(y32.square().sum(), x)
+    monkeypatch.setattr(triton_sn, "needs_index_64", lambda rows: True)
+    y64 = layer(x)
+    (g64,) = torch.autograd.grad(y64.square().sum(), x)
+    assert torch.equal(y32, y64) and torch.equal(g32, g64)

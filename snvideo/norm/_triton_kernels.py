@@ -3,43 +3,81 @@
 Every kernel sees x as an (N, C, M) array with arbitrary strides, so contiguous (N, C, *S) and
 channels_last_3d (N, *S, C) inputs run without a copy; tiles are (BLOCK_C, BLOCK_M). All sums
 accumulate in float32, around a per-(n, c) shift (the row's first element in `moments`, the
-row's mean afterwards), so large means cost no digits. This module imports triton at import
-time: import it only through triton_sn.py, which does so lazily.
+row's mean afterwards), so large means cost no digits. Element offsets are computed in 64 bits
+when the tensor spans 2^31 elements or more (INDEX_64), and the elementwise passes run on a
+one-axis grid (CUDA allows 2^31 - 1 programs on axis 0 but only 65535 on the others). This
+module imports triton at import time: import it only through triton_sn.py, which does so
+lazily.
 """
 import triton
 import triton.language as tl
 
 
 @triton.jit
-def _round(v, dtype: tl.constexpr):
-    """float32 -> the output dtype, rounding to nearest even. bfloat16 is rounded by hand: the
-    plain cast may truncate (Triton's interpreter does)."""
-    if dtype == tl.bfloat16:
-        bits = v.to(tl.uint32, bitcast=True)
-        bits = bits + 0x7FFF + ((bits >> 16) & 1)
-        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    else:
+def _round(v, dtype: tl.constexpr, HW_CAST: tl.constexpr):
+    """float32 -> the output dtype, rounding to nearest even, NaN and Inf kept. On a GPU
+    (HW_CAST) that is the hardware conversion. Triton's interpreter truncates bfloat16 casts,
+    so there bfloat16 is rounded by hand: add half an ulp (ties to even) to the bits, except
+    for NaN, whose quiet bit is set instead (the carry would turn 0x7FFFFFFF into -0.0)."""
+    if HW_CAST or dtype != tl.bfloat16:
         return v.to(dtype)
+    else:
+        bits = v.to(tl.uint32, bitcast=True)
+        is_nan = (bits & 0x7FFFFFFF) > 0x7F800000
+        bits = tl.where(is_nan, bits | 0x00400000, bits + 0x7FFF + ((bits >> 16) & 1))
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
+def _index(v, INDEX_64: tl.constexpr):
+    """v (program ids, aranges) widened to 64 bits when offsets may pass 2^31 - 1."""
+    if INDEX_64:
+        return v.to(tl.int64)
+    else:
+        return v
+
+
+@triton.jit
+def _elementwise_block(C, M, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr, INDEX_64: tl.constexpr):
+    """(n, channels, positions) of this program's tile on the folded one-axis grid: programs
+    run channel block by channel block within a sample, position blocks innermost."""
+    pid = _index(tl.program_id(0), INDEX_64)
+    m_blocks = tl.cdiv(M, BLOCK_M)
+    c_blocks = tl.cdiv(C, BLOCK_C)
+    ms = (pid % m_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
+    nc_block = pid // m_blocks
+    n = nc_block // c_blocks
+    cs = (nc_block % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return n, cs, ms
+
+
+@triton.jit
+def _offsets(n, cs, ms, stride_n, stride_c, stride_m, INDEX_64: tl.constexpr):
+    """Element offsets (BLOCK_C, BLOCK_M) of sample n's channels cs at positions ms."""
+    n, cs, ms = _index(n, INDEX_64), _index(cs, INDEX_64), _index(ms, INDEX_64)
+    return n * stride_n + cs[:, None] * stride_c + ms[None, :] * stride_m
 
 
 @triton.jit
 def _moments_kernel(x_ptr, shift_ptr, s1_ptr, s2_ptr, N, C, M, chunk, stride_n, stride_c,
-                    stride_m, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr):
+                    stride_m, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr,
+                    INDEX_64: tl.constexpr):
     """Partial sums over split `program_id(2)` of M of d = x - shift and d^2, shift = the
     row's first element (shifted sums: no E[x^2] - E[x]^2 cancellation): one read of x."""
     n = tl.program_id(0)
     cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     split = tl.program_id(2)
     c_ok = cs < C
-    row = x_ptr + n * stride_n + cs * stride_c
-    shift = tl.load(row, mask=c_ok, other=0.0).to(tl.float32)
+    first = _index(n, INDEX_64) * stride_n + _index(cs, INDEX_64) * stride_c
+    shift = tl.load(x_ptr + first, mask=c_ok, other=0.0).to(tl.float32)
     s1 = tl.zeros((BLOCK_C, BLOCK_M), tl.float32)
     s2 = tl.zeros((BLOCK_C, BLOCK_M), tl.float32)
     stop = tl.minimum(split * chunk + chunk, M)
     for start in range(split * chunk, stop, BLOCK_M):
         ms = start + tl.arange(0, BLOCK_M)
         ok = c_ok[:, None] & (ms < stop)[None, :]
-        v = tl.load(row[:, None] + ms[None, :] * stride_m, mask=ok, other=0.0).to(tl.float32)
+        offsets = _offsets(n, cs, ms, stride_n, stride_c, stride_m, INDEX_64)
+        v = tl.load(x_ptr + offsets, mask=ok, other=0.0).to(tl.float32)
         d = tl.where(ok, v - shift[:, None], 0.0)
         s1 += d
         s2 += d * d
@@ -52,26 +90,26 @@ def _moments_kernel(x_ptr, shift_ptr, s1_ptr, s2_ptr, N, C, M, chunk, stride_n, 
 
 @triton.jit
 def _affine_kernel(x_ptr, y_ptr, center_ptr, scale_ptr, shift_ptr, C, M, stride_n, stride_c,
-                   stride_m, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr):
+                   stride_m, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr,
+                   INDEX_64: tl.constexpr, HW_CAST: tl.constexpr):
     """y = (x - center) * scale + shift with (N, C) coefficients, computed in float32 and
     rounded once to y's dtype: one read of x, one write of y (same strides as x)."""
-    n = tl.program_id(0) // tl.cdiv(C, BLOCK_C)
-    cs = (tl.program_id(0) % tl.cdiv(C, BLOCK_C)) * BLOCK_C + tl.arange(0, BLOCK_C)
-    ms = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    n, cs, ms = _elementwise_block(C, M, BLOCK_C, BLOCK_M, INDEX_64)
     c_ok = cs < C
     ok = c_ok[:, None] & (ms < M)[None, :]
     center = tl.load(center_ptr + n * C + cs, mask=c_ok, other=0.0)
     scale = tl.load(scale_ptr + n * C + cs, mask=c_ok, other=0.0)
     shift = tl.load(shift_ptr + n * C + cs, mask=c_ok, other=0.0)
-    offsets = n * stride_n + cs[:, None] * stride_c + ms[None, :] * stride_m
+    offsets = _offsets(n, cs, ms, stride_n, stride_c, stride_m, INDEX_64)
     v = tl.load(x_ptr + offsets, mask=ok, other=0.0).to(tl.float32)
     y = (v - center[:, None]) * scale[:, None] + shift[:, None]
-    tl.store(y_ptr + offsets, _round(y, y_ptr.dtype.element_ty), mask=ok)
+    tl.store(y_ptr + offsets, _round(y, y_ptr.dtype.element_ty, HW_CAST), mask=ok)
 
 
 @triton.jit
 def _grad_sums_kernel(dy_ptr, x_ptr, center_ptr, dot_ptr, sum_ptr, N, C, M, chunk, stride_n,
-                      stride_c, stride_m, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr):
+                      stride_c, stride_m, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr,
+                      INDEX_64: tl.constexpr):
     """Partial sums over split `program_id(2)` of M of dy * (x - center) and of dy: one read
     of x and of dy (dy has x's strides)."""
     n = tl.program_id(0)
@@ -79,14 +117,13 @@ def _grad_sums_kernel(dy_ptr, x_ptr, center_ptr, dot_ptr, sum_ptr, N, C, M, chun
     split = tl.program_id(2)
     c_ok = cs < C
     center = tl.load(center_ptr + n * C + cs, mask=c_ok, other=0.0)
-    base = n * stride_n + cs * stride_c
     s_dot = tl.zeros((BLOCK_C, BLOCK_M), tl.float32)
     s_sum = tl.zeros((BLOCK_C, BLOCK_M), tl.float32)
     stop = tl.minimum(split * chunk + chunk, M)
     for start in range(split * chunk, stop, BLOCK_M):
         ms = start + tl.arange(0, BLOCK_M)
         ok = c_ok[:, None] & (ms < stop)[None, :]
-        offsets = base[:, None] + ms[None, :] * stride_m
+        offsets = _offsets(n, cs, ms, stride_n, stride_c, stride_m, INDEX_64)
         g = tl.load(dy_ptr + offsets, mask=ok, other=0.0).to(tl.float32)
         v = tl.load(x_ptr + offsets, mask=ok, other=0.0).to(tl.float32)
         s_dot += g * tl.where(ok, v - center[:, None], 0.0)
@@ -99,23 +136,21 @@ def _grad_sums_kernel(dy_ptr, x_ptr, center_ptr, dot_ptr, sum_ptr, N, C, M, chun
 @triton.jit
 def _grad_input_kernel(dy_ptr, x_ptr, dx_ptr, center_ptr, scale_ptr, a_ptr, b_ptr, C, M,
                        stride_n, stride_c, stride_m, BLOCK_C: tl.constexpr,
-                       BLOCK_M: tl.constexpr):
+                       BLOCK_M: tl.constexpr, INDEX_64: tl.constexpr, HW_CAST: tl.constexpr):
     """dx = dy * scale + (x - center) * a + b, in float32, rounded once: one read of x and dy,
     one write of dx."""
-    n = tl.program_id(0) // tl.cdiv(C, BLOCK_C)
-    cs = (tl.program_id(0) % tl.cdiv(C, BLOCK_C)) * BLOCK_C + tl.arange(0, BLOCK_C)
-    ms = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    n, cs, ms = _elementwise_block(C, M, BLOCK_C, BLOCK_M, INDEX_64)
     c_ok = cs < C
     ok = c_ok[:, None] & (ms < M)[None, :]
     center = tl.load(center_ptr + n * C + cs, mask=c_ok, other=0.0)
     scale = tl.load(scale_ptr + n * C + cs, mask=c_ok, other=0.0)
     a = tl.load(a_ptr + n * C + cs, mask=c_ok, other=0.0)
     b = tl.load(b_ptr + n * C + cs, mask=c_ok, other=0.0)
-    offsets = n * stride_n + cs[:, None] * stride_c + ms[None, :] * stride_m
+    offsets = _offsets(n, cs, ms, stride_n, stride_c, stride_m, INDEX_64)
     g = tl.load(dy_ptr + offsets, mask=ok, other=0.0).to(tl.float32)
     v = tl.load(x_ptr + offsets, mask=ok, other=0.0).to(tl.float32)
     dx = g * scale[:, None] + (v - center[:, None]) * a[:, None] + b[:, None]
-    tl.store(dx_ptr + offsets, _round(dx, dx_ptr.dtype.element_ty), mask=ok)
+    tl.store(dx_ptr + offsets, _round(dx, dx_ptr.dtype.element_ty, HW_CAST), mask=ok)
 
 
 # --- the (N, C)-sized mixing, one program each way ---------------------------------------------

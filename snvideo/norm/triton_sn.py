@@ -31,6 +31,7 @@ _ELEMENTWISE_TILE = 4096  # ... and in the elementwise passes
 _MIX_TILE = 2048          # (N, C) values per tile in the one-program mixing kernels
 _TARGET_PROGRAMS = 1024   # enough programs to fill an H100/H200 (132 SMs) several times over
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_INT32_LIMIT = 2**31 - 1
 
 
 def triton_available() -> bool:
@@ -99,7 +100,7 @@ def _partial_sums(kernel, rows: Tensor, *inputs: Tensor, firsts: bool = False
     outputs = ([rows.new_empty((n, c), dtype=torch.float32)] if firsts else []) \
         + [s1, torch.empty_like(s1)]
     kernel[(n, c_blocks, splits)](*inputs, *outputs, n, c, m, chunk, *rows.stride(),
-                                  BLOCK_C=block_c, BLOCK_M=block_m)
+                                  BLOCK_C=block_c, BLOCK_M=block_m, INDEX_64=needs_index_64(rows))
     return tuple(outputs)
 
 
@@ -112,11 +113,27 @@ def moments(x: Tensor) -> tuple[Tensor, Tensor]:
     return shift + d1, torch.addcmul(s2.sum(0) / m, d1, d1, value=-1).clamp_(min=0)
 
 
+def needs_index_64(rows: Tensor) -> bool:
+    """Whether an element offset of `rows` can pass 2^31 - 1 (then the kernels compute
+    offsets in 64 bits; below that, 32-bit arithmetic is faster)."""
+    return sum((size - 1) * stride for size, stride in zip(rows.shape, rows.stride())) >= _INT32_LIMIT
+
+
+def elementwise_grid(n: int, c: int, m: int, block_c: int, block_m: int) -> tuple[int]:
+    """One grid axis for every (n, channel block, position block) tile: axis 0 takes 2^31 - 1
+    programs, the others only 65535, which a channels-last layer passes at M > 4.19M."""
+    programs = n * -(-c // block_c) * -(-m // block_m)
+    if programs > _INT32_LIMIT:
+        raise ValueError(f"SwitchNorm input too large for one launch: {programs} tiles")
+    return (programs,)
+
+
 def _launch_elementwise(kernel, rows: Tensor, *args) -> None:
     n, c, m = rows.shape
     block_c, block_m = _tiles(rows, _ELEMENTWISE_TILE)
-    grid = (n * -(-c // block_c), -(-m // block_m))
-    kernel[grid](*args, c, m, *rows.stride(), BLOCK_C=block_c, BLOCK_M=block_m)
+    kernel[elementwise_grid(n, c, m, block_c, block_m)](
+        *args, c, m, *rows.stride(), BLOCK_C=block_c, BLOCK_M=block_m,
+        INDEX_64=needs_index_64(rows), HW_CAST=not interpreter_enabled())
 
 
 def affine(x: Tensor, center: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
