@@ -160,11 +160,20 @@ def test_custom_op_under_compile_matches_eager():
 def test_custom_op_registration_passes_opcheck():
     layer = _layer(4, True, True)
     x = _input((2, 4, 1, 2, 3), False).requires_grad_()
-    args = (x, layer.mean_weight, layer.var_weight, layer.weight, layer.bias, None, None, True,
-            1e-5)
-    torch.library.opcheck(torch.ops.snvideo.switch_norm.default, args,
-                          test_utils=("test_schema", "test_faketensor",
-                                      "test_aot_dispatch_dynamic"))
+    # the ops carry no autograd formula (snvideo::switch_norm mutates the running statistics;
+    # triton_sn._SwitchNormTriton differentiates): checked without gradients here, and under
+    # compile with them in test_custom_op_under_compile_matches_eager
+    tests = ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")
+    params = [p.detach() for p in (layer.mean_weight, layer.var_weight, layer.weight, layer.bias)]
+    for running in (None, (layer.running_mean.clone(), layer.running_var.clone())):
+        args = (x.detach(), *params,
+                *(running or (None, None)), True, 1e-5, 0.1)
+        torch.library.opcheck(torch.ops.snvideo.switch_norm.default, args, test_utils=tests)
+    _, nc, ln, bn = torch.ops.snvideo.switch_norm(*args)
+    for input_grad in (True, False):
+        grad_args = (torch.randn_like(x), x.detach(), nc, ln, bn, *params, True, input_grad)
+        torch.library.opcheck(torch.ops.snvideo.switch_norm_backward.default, grad_args,
+                              test_utils=("test_schema", "test_faketensor"))
 
 
 def test_kernel_choice():
@@ -278,3 +287,96 @@ def test_64_bit_offsets_give_the_same_results(monkeypatch):
     y64 = layer(x)
     (g64,) = torch.autograd.grad(y64.square().sum(), x)
     assert torch.equal(y32, y64) and torch.equal(g32, g64)
+
+
+# --- device ops per layer and step ----------------------------------------------------------
+class _DeviceOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the aten ops that launch device work (not views, metadata or allocations),
+    looking inside snvideo's custom ops too."""
+
+    FREE = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "view",
+            "_unsafe_view", "as_strided", "select", "slice", "unsqueeze", "squeeze", "permute",
+            "expand", "t", "detach", "alias", "unflatten", "_reshape_alias", "lift_fresh",
+            "split", "unbind", "flatten", "reshape", "clone_view"}
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        namespace, name = func.namespace, func._schema.name.split("::")[-1]
+        if namespace == "snvideo":  # count what the custom op does inside: run its Python body
+            body = {"switch_norm": triton_sn._switch_norm_fwd_op,
+                    "switch_norm_backward": triton_sn._switch_norm_bwd_op}[name]._init_fn
+            with self:
+                return body(*args, **(kwargs or {}))
+        if name not in self.FREE:
+            self.ops.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Counts Triton kernel launches by name."""
+    from snvideo.norm import _triton_kernels
+
+    counted: list[str] = []
+
+    class Counting:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            launch = self.kernel[grid]
+
+            def run(*args, **kwargs):
+                counted.append(self.name)
+                # one launch; the interpreter's own tensor traffic is not the layer's
+                with torch.utils._python_dispatch._disable_current_modes():
+                    return launch(*args, **kwargs)
+            return run
+
+    for name in dir(_triton_kernels):
+        if name.endswith("_kernel"):
+            monkeypatch.setattr(_triton_kernels, name, Counting(name, getattr(_triton_kernels, name)))
+    return counted
+
+
+@needs_triton
+@pytest.mark.parametrize("x_grad", [True, False])
+def test_device_ops_per_layer_and_step(launches, x_grad):
+    """Forward: three launches (moments, mixing with the running statistics, affine) and the
+    batch counter; backward: three launches (two when x needs no gradient) and nothing else —
+    no zero-filled gradients for the statistics outputs, no copies of parameter gradients."""
+    layer = _layer(6, True, True)
+    x = _input((2, 6, 2, 3, 3), True).requires_grad_(x_grad)
+    grad_out = _input((2, 6, 2, 3, 3), True, mean=0.0, std=1.0, seed=1)
+    running = layer.running_mean.clone()
+    with _DeviceOps() as ops:
+        y = layer(x)
+    assert launches == ["_moments_kernel", "_mix_forward_kernel", "_affine_kernel"]
+    assert ops.ops == ["add_"], ops.ops  # num_batches_tracked
+    assert not torch.equal(layer.running_mean, running)  # moved by the mixing kernel
+    launches.clear()
+    with _DeviceOps() as ops:
+        y.backward(grad_out)
+    expected = ["_grad_sums_kernel", "_mix_backward_kernel"] + (["_grad_input_kernel"] if x_grad else [])
+    assert launches == expected
+    assert ops.ops == [], ops.ops
+    assert (x.grad is not None) == x_grad and layer.weight.grad is not None
+
+
+@needs_triton
+def test_a_gradient_with_other_strides_is_not_copied(launches):
+    """An expanded gradient (y.sum().backward()) and a contiguous one into a channels-last
+    layer are read with their own strides: the same gradients as a matching layout, no copy."""
+    layer = _layer(5, True, True)
+    x = _input((2, 5, 2, 3, 3), True).requires_grad_()
+    for grad_out in (torch.ones(2, 5, 2, 3, 3, device=DEVICE).expand(2, 5, 2, 3, 3),
+                     _input((2, 5, 2, 3, 3), False, mean=0.0, std=1.0, seed=1)):
+        want = torch.autograd.grad(layer(x), x, grad_out.contiguous(memory_format=torch.channels_last_3d))[0]
+        y = layer(x)
+        with _DeviceOps() as ops:
+            (got,) = torch.autograd.grad(y, x, grad_out)
+        assert ops.ops == [], ops.ops
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -107,11 +107,11 @@ def _affine_kernel(x_ptr, y_ptr, center_ptr, scale_ptr, shift_ptr, C, M, stride_
 
 
 @triton.jit
-def _grad_sums_kernel(dy_ptr, x_ptr, center_ptr, dot_ptr, sum_ptr, N, C, M, chunk, stride_n,
-                      stride_c, stride_m, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr,
-                      INDEX_64: tl.constexpr):
+def _grad_sums_kernel(dy_ptr, x_ptr, center_ptr, dot_ptr, sum_ptr, N, C, M, chunk,
+                      g_stride_n, g_stride_c, g_stride_m, stride_n, stride_c, stride_m,
+                      BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr, INDEX_64: tl.constexpr):
     """Partial sums over split `program_id(2)` of M of dy * (x - center) and of dy: one read
-    of x and of dy (dy has x's strides)."""
+    of x and of dy (each with its own strides)."""
     n = tl.program_id(0)
     cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     split = tl.program_id(2)
@@ -123,8 +123,9 @@ def _grad_sums_kernel(dy_ptr, x_ptr, center_ptr, dot_ptr, sum_ptr, N, C, M, chun
     for start in range(split * chunk, stop, BLOCK_M):
         ms = start + tl.arange(0, BLOCK_M)
         ok = c_ok[:, None] & (ms < stop)[None, :]
+        g_offsets = _offsets(n, cs, ms, g_stride_n, g_stride_c, g_stride_m, INDEX_64)
         offsets = _offsets(n, cs, ms, stride_n, stride_c, stride_m, INDEX_64)
-        g = tl.load(dy_ptr + offsets, mask=ok, other=0.0).to(tl.float32)
+        g = tl.load(dy_ptr + g_offsets, mask=ok, other=0.0).to(tl.float32)
         v = tl.load(x_ptr + offsets, mask=ok, other=0.0).to(tl.float32)
         s_dot += g * tl.where(ok, v - center[:, None], 0.0)
         s_sum += g
@@ -134,11 +135,12 @@ def _grad_sums_kernel(dy_ptr, x_ptr, center_ptr, dot_ptr, sum_ptr, N, C, M, chun
 
 
 @triton.jit
-def _grad_input_kernel(dy_ptr, x_ptr, dx_ptr, center_ptr, scale_ptr, a_ptr, b_ptr, C, M,
-                       stride_n, stride_c, stride_m, BLOCK_C: tl.constexpr,
-                       BLOCK_M: tl.constexpr, INDEX_64: tl.constexpr, HW_CAST: tl.constexpr):
-    """dx = dy * scale + (x - center) * a + b, in float32, rounded once: one read of x and dy,
-    one write of dx."""
+def _grad_input_kernel(dy_ptr, x_ptr, dx_ptr, center_ptr, scale_ptr, a_ptr, b_ptr,
+                       g_stride_n, g_stride_c, g_stride_m, C, M, stride_n, stride_c, stride_m,
+                       BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr, INDEX_64: tl.constexpr,
+                       HW_CAST: tl.constexpr):
+    """dx = dy * scale + (x - center) * a + b, in float32, rounded once: one read of x and dy
+    (its own strides), one write of dx (x's strides)."""
     n, cs, ms = _elementwise_block(C, M, BLOCK_C, BLOCK_M, INDEX_64)
     c_ok = cs < C
     ok = c_ok[:, None] & (ms < M)[None, :]
@@ -147,7 +149,8 @@ def _grad_input_kernel(dy_ptr, x_ptr, dx_ptr, center_ptr, scale_ptr, a_ptr, b_pt
     a = tl.load(a_ptr + n * C + cs, mask=c_ok, other=0.0)
     b = tl.load(b_ptr + n * C + cs, mask=c_ok, other=0.0)
     offsets = _offsets(n, cs, ms, stride_n, stride_c, stride_m, INDEX_64)
-    g = tl.load(dy_ptr + offsets, mask=ok, other=0.0).to(tl.float32)
+    g_offsets = _offsets(n, cs, ms, g_stride_n, g_stride_c, g_stride_m, INDEX_64)
+    g = tl.load(dy_ptr + g_offsets, mask=ok, other=0.0).to(tl.float32)
     v = tl.load(x_ptr + offsets, mask=ok, other=0.0).to(tl.float32)
     dx = g * scale[:, None] + (v - center[:, None]) * a[:, None] + b[:, None]
     tl.store(dx_ptr + offsets, _round(dx, dx_ptr.dtype.element_ty, HW_CAST), mask=ok)
@@ -198,12 +201,15 @@ def _partial_moments(shift_ptr, s1_ptr, s2_ptr, idx, ok, NC, SPLITS, M):
 @triton.jit
 def _mix_forward_kernel(shift_ptr, s1_ptr, s2_ptr, mean_logits_ptr, var_logits_ptr, weight_ptr,
                         bias_ptr, running_mean_ptr, running_var_ptr, nc_ptr, ln_ptr, bn_ptr,
-                        N, C, SPLITS, M, eps, K: tl.constexpr, USE_BATCH: tl.constexpr,
-                        BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+                        N, C, SPLITS, M, eps, momentum, K: tl.constexpr, USE_BATCH: tl.constexpr,
+                        UPDATE_RUNNING: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_C: tl.constexpr):
     """IN moments from the partial sums, LN and BN moments, the softmax mix, and the affine
     coefficients. Writes nc (6, N, C): mean_in, var_in, the mixed mean, rstd, scale and shift
     (y = (x - mean_in) * scale + shift); ln (2, N): LN mean, variance; bn (2, C): the BN
-    branch's mean and variance (batch or running; untouched without a BN branch)."""
+    branch's mean and variance (batch or running; untouched without a BN branch). With
+    UPDATE_RUNNING the running statistics move towards the batch ones by `momentum`, as
+    torch.lerp does it (no separate launches for them)."""
     NC = N * C
     ns = tl.arange(0, BLOCK_N)
     n_ok = ns < N
@@ -241,6 +247,9 @@ def _mix_forward_kernel(shift_ptr, s1_ptr, s2_ptr, mean_logits_ptr, var_logits_p
                 var_bn = tl.load(running_var_ptr + cs, mask=c_ok, other=1.0).to(tl.float32)
             tl.store(bn_ptr + cs, mean_bn, mask=c_ok)
             tl.store(bn_ptr + C + cs, var_bn, mask=c_ok)
+            if UPDATE_RUNNING:
+                _lerp_store(running_mean_ptr + cs, mean_bn, momentum, c_ok)
+                _lerp_store(running_var_ptr + cs, var_bn, momentum, c_ok)
             mean += wm2 * mean_bn[None, :]
             var += wv2 * var_bn[None, :]
         rstd = 1.0 / tl.sqrt(var + eps)
@@ -253,6 +262,18 @@ def _mix_forward_kernel(shift_ptr, s1_ptr, s2_ptr, mean_logits_ptr, var_logits_p
         tl.store(nc_ptr + 3 * NC + idx, rstd, mask=ok)
         tl.store(nc_ptr + 4 * NC + idx, scale, mask=ok)
         tl.store(nc_ptr + 5 * NC + idx, shift, mask=ok)
+
+
+@triton.jit
+def _lerp_store(ptr, end, weight, mask):
+    """*ptr = lerp(*ptr, end, weight) in float32, rounded to *ptr's dtype: torch.lerp's two
+    formulas (the one that keeps the larger end exact)."""
+    start = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+    if weight < 0.5:
+        value = start + weight * (end - start)
+    else:
+        value = end - (end - start) * (1.0 - weight)
+    tl.store(ptr, value.to(ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -277,7 +298,7 @@ def _mix_grads(dot_ptr, sum_ptr, nc_ptr, idx, ok, NC, SPLITS):
 @triton.jit
 def _mix_backward_kernel(dot_ptr, sum_ptr, nc_ptr, ln_ptr, bn_ptr, mean_logits_ptr,
                          var_logits_ptr, a_ptr, b_ptr, grad_weight_ptr, grad_bias_ptr,
-                         grad_logits_ptr, N, C, SPLITS, M, K: tl.constexpr,
+                         grad_mean_logits_ptr, grad_var_logits_ptr, N, C, SPLITS, M, K: tl.constexpr,
                          USE_BATCH: tl.constexpr, BLOCK_N: tl.constexpr,
                          BLOCK_C: tl.constexpr):
     """The chain rule through the mixing, from the grad-sums kernel's partial sums to the
@@ -300,8 +321,9 @@ def _mix_backward_kernel(dot_ptr, sum_ptr, nc_ptr, ln_ptr, bn_ptr, mean_logits_p
         cs, c_ok, ok, idx = _tile(c0, ns, n_ok, C, BLOCK_C)
         gm, gv, grad_scale, g_sum, rstd, mean_in = _mix_grads(dot_ptr, sum_ptr, nc_ptr, idx,
                                                               ok, NC, SPLITS)
-        tl.store(grad_bias_ptr + cs, tl.sum(g_sum, 0), mask=c_ok)
-        tl.store(grad_weight_ptr + cs, tl.sum(grad_scale * rstd, 0), mask=c_ok)
+        tl.store(grad_bias_ptr + cs, tl.sum(g_sum, 0).to(grad_bias_ptr.dtype.element_ty), mask=c_ok)
+        tl.store(grad_weight_ptr + cs, tl.sum(grad_scale * rstd, 0).to(grad_weight_ptr.dtype.element_ty),
+                 mask=c_ok)
         ln_gm += tl.sum(gm, 1)
         ln_gv += tl.sum(gv, 1)
         var_in = tl.load(nc_ptr + NC + idx, mask=ok, other=0.0)
@@ -321,13 +343,14 @@ def _mix_backward_kernel(dot_ptr, sum_ptr, nc_ptr, ln_ptr, bn_ptr, mean_logits_p
     gv0, gv1, gv2 = tl.sum(acc_v0, 0), tl.sum(acc_v1, 0), tl.sum(acc_v2, 0)
     dot_m = wm0 * gm0 + wm1 * gm1 + wm2 * gm2
     dot_v = wv0 * gv0 + wv1 * gv1 + wv2 * gv2
-    tl.store(grad_logits_ptr, wm0 * (gm0 - dot_m))
-    tl.store(grad_logits_ptr + 1, wm1 * (gm1 - dot_m))
-    tl.store(grad_logits_ptr + K, wv0 * (gv0 - dot_v))
-    tl.store(grad_logits_ptr + K + 1, wv1 * (gv1 - dot_v))
+    dtype = grad_mean_logits_ptr.dtype.element_ty
+    tl.store(grad_mean_logits_ptr, (wm0 * (gm0 - dot_m)).to(dtype))
+    tl.store(grad_mean_logits_ptr + 1, (wm1 * (gm1 - dot_m)).to(dtype))
+    tl.store(grad_var_logits_ptr, (wv0 * (gv0 - dot_v)).to(dtype))
+    tl.store(grad_var_logits_ptr + 1, (wv1 * (gv1 - dot_v)).to(dtype))
     if K == 3:
-        tl.store(grad_logits_ptr + 2, wm2 * (gm2 - dot_m))
-        tl.store(grad_logits_ptr + 5, wv2 * (gv2 - dot_v))
+        tl.store(grad_mean_logits_ptr + 2, (wm2 * (gm2 - dot_m)).to(dtype))
+        tl.store(grad_var_logits_ptr + 2, (wv2 * (gv2 - dot_v)).to(dtype))
     # back to the IN moments: directly, through LN (sums over C), through BN (sums over N)
     g_ln_m = ln_gm * (wm1 / C)
     g_ln_v = ln_gv * (wv1 / C)

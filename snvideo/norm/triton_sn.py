@@ -5,10 +5,13 @@ The input-sized tensor is touched as often as BatchNorm touches it:
   backward: one read of x and dy for the per-(n, c) sums; one read of x and dy, one write of dx
 in its own dtype (fp32, bf16 or fp16; contiguous or channels_last_3d, no copy), with float32
 arithmetic rounded once on the way out. The (N, C)-sized mixing and its chain rule are one
-small kernel each way, so a layer is four launches forward and three backward (`forward`,
-`backward`). `switch_norm_op` runs them as one `torch.library` custom op,
-`snvideo::switch_norm` (fake implementation and backward registered), so torch.compile and DDP
-see one opaque op. SyncSwitchNorm runs the input-sized passes (TRITON_PASSES) around its
+small kernel each way, which also moves the running statistics, so a layer is three launches
+forward and three backward (`forward`, `backward`), and no other device op: the statistics
+outputs get no materialized gradients, parameter gradients are written in their own dtype.
+`switch_norm_op` runs each direction as one `torch.library` custom op, `snvideo::switch_norm`
+(which updates the running statistics in place) and `snvideo::switch_norm_backward`, with fake
+implementations, under an autograd.Function, so torch.compile and DDP see one opaque op each
+way. SyncSwitchNorm runs the input-sized passes (TRITON_PASSES) around its
 all-reduces, with the mixing in torch (functional.SwitchNormFunction).
 
 triton is imported lazily (it ships with CUDA builds of torch). On CPU tensors the kernels run
@@ -88,10 +91,11 @@ def _split(n: int, c_blocks: int, m: int, block_m: int) -> tuple[int, int]:
     return -(-m // chunk), chunk
 
 
-def _partial_sums(kernel, rows: Tensor, *inputs: Tensor, firsts: bool = False
-                  ) -> tuple[Tensor, ...]:
+def _partial_sums(kernel, rows: Tensor, *inputs: Tensor, firsts: bool = False,
+                  grad_rows: Tensor | None = None) -> tuple[Tensor, ...]:
     """Launch a reduction kernel over (N, C, M) rows. Returns its two (splits, N, C) float32
-    partial sums, after the (N, C) row firsts when `firsts` (the moments kernel writes them)."""
+    partial sums, after the (N, C) row firsts when `firsts` (the moments kernel writes them).
+    `grad_rows`: the gradient, whose strides the kernel takes before those of `rows`."""
     n, c, m = rows.shape
     block_c, block_m = _tiles(rows, _REDUCE_TILE)
     c_blocks = -(-c // block_c)
@@ -99,8 +103,10 @@ def _partial_sums(kernel, rows: Tensor, *inputs: Tensor, firsts: bool = False
     s1 = rows.new_empty((splits, n, c), dtype=torch.float32)
     outputs = ([rows.new_empty((n, c), dtype=torch.float32)] if firsts else []) \
         + [s1, torch.empty_like(s1)]
-    kernel[(n, c_blocks, splits)](*inputs, *outputs, n, c, m, chunk, *rows.stride(),
-                                  BLOCK_C=block_c, BLOCK_M=block_m, INDEX_64=needs_index_64(rows))
+    g_strides = () if grad_rows is None else grad_rows.stride()
+    big = needs_index_64(rows) or (grad_rows is not None and needs_index_64(grad_rows))
+    kernel[(n, c_blocks, splits)](*inputs, *outputs, n, c, m, chunk, *g_strides, *rows.stride(),
+                                  BLOCK_C=block_c, BLOCK_M=block_m, INDEX_64=big)
     return tuple(outputs)
 
 
@@ -113,10 +119,11 @@ def moments(x: Tensor) -> tuple[Tensor, Tensor]:
     return shift + d1, torch.addcmul(s2.sum(0) / m, d1, d1, value=-1).clamp_(min=0)
 
 
-def needs_index_64(rows: Tensor) -> bool:
-    """Whether an element offset of `rows` can pass 2^31 - 1 (then the kernels compute
-    offsets in 64 bits; below that, 32-bit arithmetic is faster)."""
-    return sum((size - 1) * stride for size, stride in zip(rows.shape, rows.stride())) >= _INT32_LIMIT
+def needs_index_64(*tensors: Tensor) -> bool:
+    """Whether an element offset of any of `tensors` can pass 2^31 - 1 (then the kernels
+    compute offsets in 64 bits; below that, 32-bit arithmetic is faster)."""
+    return any(sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride())) >= _INT32_LIMIT
+               for t in tensors)
 
 
 def elementwise_grid(n: int, c: int, m: int, block_c: int, block_m: int) -> tuple[int]:
@@ -128,12 +135,14 @@ def elementwise_grid(n: int, c: int, m: int, block_c: int, block_m: int) -> tupl
     return (programs,)
 
 
-def _launch_elementwise(kernel, rows: Tensor, *args) -> None:
+def _launch_elementwise(kernel, rows: Tensor, *args, grad_rows: Tensor | None = None) -> None:
     n, c, m = rows.shape
     block_c, block_m = _tiles(rows, _ELEMENTWISE_TILE)
+    g_strides = () if grad_rows is None else grad_rows.stride()
+    big = needs_index_64(rows) or (grad_rows is not None and needs_index_64(grad_rows))
     kernel[elementwise_grid(n, c, m, block_c, block_m)](
-        *args, c, m, *rows.stride(), BLOCK_C=block_c, BLOCK_M=block_m,
-        INDEX_64=needs_index_64(rows), HW_CAST=not interpreter_enabled())
+        *args, *g_strides, c, m, *rows.stride(), BLOCK_C=block_c, BLOCK_M=block_m,
+        INDEX_64=big, HW_CAST=not interpreter_enabled())
 
 
 def affine(x: Tensor, center: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
@@ -147,8 +156,9 @@ def affine(x: Tensor, center: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
 
 def _grad_partials(grad_y: Tensor, rows: Tensor, center: Tensor) -> tuple[Tensor, ...]:
     """(splits, N, C) partial sums of grad_y * (x - center) and of grad_y."""
-    return _partial_sums(_kernels()._grad_sums_kernel, rows, _matching(grad_y, rows), rows,
-                         _f32(center))
+    g_rows = _grad_rows(grad_y, rows)
+    return _partial_sums(_kernels()._grad_sums_kernel, rows, g_rows, rows, _f32(center),
+                         grad_rows=g_rows)
 
 
 def grad_sums(grad_y: Tensor, x: Tensor, center: Tensor) -> tuple[Tensor, Tensor]:
@@ -161,23 +171,25 @@ def grad_input(grad_y: Tensor, x: Tensor, center: Tensor, scale: Tensor, a: Tens
                b: Tensor) -> Tensor:
     """grad_y * scale + (x - center) * a + b with (N, C) coefficients, in x's dtype."""
     rows = _rows(x)
-    g_rows = _matching(grad_y, rows)
+    g_rows = _grad_rows(grad_y, rows)
     dx = torch.empty_like(rows)
     _launch_elementwise(_kernels()._grad_input_kernel, rows, g_rows, rows, dx, _f32(center),
-                        _f32(scale), _f32(a), _f32(b))
+                        _f32(scale), _f32(a), _f32(b), grad_rows=g_rows)
     return _restore(dx, x)
 
 
 def _f32(t: Tensor) -> Tensor:
+    if t.dtype == torch.float32 and t.is_contiguous():
+        return t  # the usual case: no dispatch at all
     return t.to(torch.float32).contiguous()
 
 
-def _matching(grad: Tensor, rows: Tensor) -> Tensor:
-    """grad as an (N, C, M) view with the strides of `rows` (copied into them if needed)."""
-    g = _rows(grad.to(rows.dtype))
-    if g.stride() != rows.stride():
-        g = torch.empty_like(rows).copy_(g)
-    return g
+def _grad_rows(grad: Tensor, rows: Tensor) -> Tensor:
+    """grad as (N, C, M) rows with whatever strides it has (the kernels take them apart from
+    x's: an expanded or differently laid out gradient is not copied); cast to x's dtype if
+    it differs."""
+    grad = grad if grad.dtype == rows.dtype else grad.to(rows.dtype)
+    return grad.reshape(rows.shape)
 
 
 def _restore(rows_out: Tensor, x: Tensor) -> Tensor:
@@ -195,46 +207,49 @@ def _mix_tiles(n: int, c: int) -> tuple[int, int]:
 
 def forward(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tensor, bias: Tensor,
             running_mean: Tensor | None, running_var: Tensor | None, use_batch_stats: bool,
-            eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """SN's forward in four launches: y and, for the backward, nc (6, N, C) = mean_in, var_in,
+            eps: float, momentum: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """SN's forward in three launches: y and, for the backward, nc (6, N, C) = mean_in, var_in,
     mixed mean, rstd, scale, shift; ln (2, N); bn (2, C) (see _mix_forward_kernel). The BN
-    branch uses batch moments when `use_batch_stats` or without running statistics."""
+    branch uses batch moments when `use_batch_stats` or without running statistics; with both,
+    the mixing kernel also moves the running statistics by `momentum`."""
     rows = _rows(x)
     n, c, m = rows.shape
     shift, s1, s2 = _partial_sums(_kernels()._moments_kernel, rows, rows, firsts=True)
     nc = rows.new_empty((6, n, c), dtype=torch.float32)
     ln = rows.new_empty((2, n), dtype=torch.float32)
-    bn = rows.new_zeros((2, c), dtype=torch.float32)
+    bn = rows.new_empty((2, c), dtype=torch.float32)  # written when there is a BN branch
+    k = mean_weight.numel()
     use_batch = use_batch_stats or running_mean is None
     block_n, block_c = _mix_tiles(n, c)
     _kernels()._mix_forward_kernel[(1,)](
         shift, s1, s2, mean_weight, var_weight, weight, bias,
         running_mean if running_mean is not None else bn,
         running_var if running_var is not None else bn, nc, ln, bn, n, c, s1.shape[0], m, eps,
-        K=mean_weight.numel(), USE_BATCH=use_batch, BLOCK_N=block_n, BLOCK_C=block_c,
-        num_warps=8)
+        float(momentum), K=k, USE_BATCH=use_batch,
+        UPDATE_RUNNING=use_batch_stats and running_mean is not None and k == 3,
+        BLOCK_N=block_n, BLOCK_C=block_c, num_warps=8)
     return affine(x, nc[0], nc[4], nc[5]), nc, ln, bn
 
 
 def backward(grad_y: Tensor, x: Tensor, nc: Tensor, ln: Tensor, bn: Tensor,
-             mean_weight: Tensor, var_weight: Tensor, use_batch_stats: bool
-             ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of x, mean_weight, var_weight, weight and bias (float32) in three launches."""
+             mean_weight: Tensor, var_weight: Tensor, weight: Tensor, bias: Tensor,
+             use_batch_stats: bool, input_grad: bool = True
+             ) -> tuple[Tensor | None, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of x (None unless `input_grad`), mean_weight, var_weight, weight and bias
+    (each in its parameter's dtype) in three launches (two without the input gradient)."""
     rows = _rows(x)
     n, c, m = rows.shape
     k = mean_weight.numel()
     dot, total = _grad_partials(grad_y, rows, nc[0])
     a, b = torch.empty_like(nc[:2])
-    grad_weight = rows.new_empty(c, dtype=torch.float32)
-    grad_bias = torch.empty_like(grad_weight)
-    grad_logits = rows.new_empty(2 * k, dtype=torch.float32)
+    grads = [torch.empty_like(p) for p in (mean_weight, var_weight, weight, bias)]
     block_n, block_c = _mix_tiles(n, c)
     _kernels()._mix_backward_kernel[(1,)](
-        dot, total, nc, ln, bn, mean_weight, var_weight, a, b, grad_weight, grad_bias,
-        grad_logits, n, c, dot.shape[0], m, K=k, USE_BATCH=use_batch_stats,
+        dot, total, nc, ln, bn, mean_weight, var_weight, a, b, grads[2], grads[3], grads[0],
+        grads[1], n, c, dot.shape[0], m, K=k, USE_BATCH=use_batch_stats,
         BLOCK_N=block_n, BLOCK_C=block_c, num_warps=8)
-    grad_x = grad_input(grad_y, x, nc[0], nc[4], a, b)
-    return grad_x, grad_logits[:k], grad_logits[k:], grad_weight, grad_bias
+    grad_x = grad_input(grad_y, x, nc[0], nc[4], a, b) if input_grad else None
+    return (grad_x, *grads)
 
 
 TRITON_PASSES = SimpleNamespace(moments=moments, affine=affine, grad_sums=grad_sums,
@@ -242,19 +257,20 @@ TRITON_PASSES = SimpleNamespace(moments=moments, affine=affine, grad_sums=grad_s
 
 
 # --- the layer as one custom op -----------------------------------------------------------------
-@torch.library.custom_op("snvideo::switch_norm", mutates_args=())
+@torch.library.custom_op("snvideo::switch_norm", mutates_args=("running_mean", "running_var"))
 def _switch_norm_fwd_op(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tensor,
                         bias: Tensor, running_mean: Optional[Tensor],
-                        running_var: Optional[Tensor], use_batch_stats: bool, eps: float
-                        ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """y and the (N, C)-sized statistics the backward and the running statistics need
-    (triton_sn.forward)."""
+                        running_var: Optional[Tensor], use_batch_stats: bool, eps: float,
+                        momentum: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """y and the (N, C)-sized statistics the backward needs (triton_sn.forward); in training
+    the running statistics are updated in place by the same launch."""
     return forward(x, mean_weight, var_weight, weight, bias, running_mean, running_var,
-                             use_batch_stats, eps)
+                   use_batch_stats, eps, momentum)
 
 
 @_switch_norm_fwd_op.register_fake
-def _(x, mean_weight, var_weight, weight, bias, running_mean, running_var, use_batch_stats, eps):
+def _(x, mean_weight, var_weight, weight, bias, running_mean, running_var, use_batch_stats, eps,
+      momentum):
     n, c = x.shape[:2]
     return (torch.empty_like(x), x.new_empty((6, n, c), dtype=torch.float32),
             x.new_empty((2, n), dtype=torch.float32), x.new_empty((2, c), dtype=torch.float32))
@@ -263,45 +279,55 @@ def _(x, mean_weight, var_weight, weight, bias, running_mean, running_var, use_b
 @torch.library.custom_op("snvideo::switch_norm_backward", mutates_args=())
 def _switch_norm_bwd_op(grad_y: Tensor, x: Tensor, nc: Tensor, ln: Tensor, bn: Tensor,
                         mean_weight: Tensor, var_weight: Tensor, weight: Tensor, bias: Tensor,
-                        use_batch_stats: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    grad_x, *grads = backward(grad_y, x, nc, ln, bn, mean_weight, var_weight,
-                                        use_batch_stats)
-    params = (mean_weight, var_weight, weight, bias)
-    return (grad_x, *(g.to(p.dtype, copy=True) for g, p in zip(grads, params)))  # no aliases
+                        use_batch_stats: bool, input_grad: bool
+                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The gradients; without `input_grad` the first is an empty placeholder (its kernel is
+    not launched)."""
+    grad_x, *grads = backward(grad_y, x, nc, ln, bn, mean_weight, var_weight, weight, bias,
+                              use_batch_stats, input_grad)
+    return (grad_x if grad_x is not None else x.new_empty(0), *grads)
 
 
 @_switch_norm_bwd_op.register_fake
-def _(grad_y, x, nc, ln, bn, mean_weight, var_weight, weight, bias, use_batch_stats):
-    return (torch.empty_like(x), torch.empty_like(mean_weight), torch.empty_like(var_weight),
-            torch.empty_like(weight), torch.empty_like(bias))
+def _(grad_y, x, nc, ln, bn, mean_weight, var_weight, weight, bias, use_batch_stats, input_grad):
+    return (torch.empty_like(x) if input_grad else x.new_empty(0), torch.empty_like(mean_weight),
+            torch.empty_like(var_weight), torch.empty_like(weight), torch.empty_like(bias))
 
 
-def _setup_context(ctx, inputs, output):
-    x, mean_weight, var_weight, weight, bias, running_mean, _, use_batch, _ = inputs
-    _, nc, ln, bn = output
-    ctx.save_for_backward(x, nc, ln, bn, mean_weight, var_weight, weight, bias)
-    ctx.use_batch = use_batch or running_mean is None
+class _SwitchNormTriton(torch.autograd.Function):
+    """Autograd around the two ops (a mutating op cannot carry a registered autograd formula).
+    The statistics outputs get no gradient, so none is materialized; gradients nobody needs
+    are not computed (`needs_input_grad`)."""
 
+    @staticmethod
+    def forward(ctx, x, mean_weight, var_weight, weight, bias, running_mean, running_var,
+                use_batch, eps, momentum):
+        y, nc, ln, bn = torch.ops.snvideo.switch_norm(x, mean_weight, var_weight, weight, bias,
+                                                      running_mean, running_var, use_batch, eps,
+                                                      momentum)
+        ctx.save_for_backward(x, nc, ln, bn, mean_weight, var_weight, weight, bias)
+        ctx.use_batch = use_batch or running_mean is None
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(nc, ln, bn)
+        return y, nc, ln, bn
 
-def _op_backward(ctx, grad_y, *unused):
-    grads = torch.ops.snvideo.switch_norm_backward(grad_y, *ctx.saved_tensors, ctx.use_batch)
-    return (*grads, None, None, None, None)
-
-
-_switch_norm_fwd_op.register_autograd(_op_backward, setup_context=_setup_context)
+    @staticmethod
+    def backward(ctx, grad_y, *unused):  # type: ignore[override]
+        needs = ctx.needs_input_grad
+        if grad_y is None or not any(needs[:5]):
+            return (None,) * 10
+        grads = torch.ops.snvideo.switch_norm_backward(grad_y, *ctx.saved_tensors, ctx.use_batch,
+                                                       needs[0])
+        return (*(g if need else None for g, need in zip(grads, needs[:5])),) + (None,) * 5
 
 
 def switch_norm_op(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tensor,
                     bias: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                     training: bool, momentum: float, eps: float) -> Tensor:
-    """The Triton path through the custom op; running statistics are updated here, outside it
-    (the op itself is functional)."""
+    """The Triton path through the custom op: three launches forward (the running statistics
+    are updated by the mixing kernel), three backward."""
     use_batch = training or running_mean is None
-    y, _, _, bn = torch.ops.snvideo.switch_norm(
-        x, mean_weight, var_weight, weight, bias, None if use_batch else running_mean,
-        None if use_batch else running_var, use_batch, eps)
-    if training and running_mean is not None and mean_weight.numel() == 3:
-        with torch.no_grad():
-            running_mean.lerp_(bn[0].to(running_mean.dtype), momentum)
-            running_var.lerp_(bn[1].to(running_var.dtype), momentum)
+    y, _, _, _ = _SwitchNormTriton.apply(x, mean_weight, var_weight, weight, bias, running_mean,
+                                         running_var, use_batch, eps,
+                                         float(momentum) if training else 0.0)
     return y
