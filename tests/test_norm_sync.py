@@ -28,6 +28,21 @@ def make_inputs():
     return x, grad_out, state
 
 
+def _count_collectives() -> list[str]:
+    """Records every collective this process starts (torch.distributed and its autograd-aware
+    functional versions go through these)."""
+    calls: list[str] = []
+    for name in ("all_reduce", "all_gather", "all_gather_into_tensor", "broadcast",
+                 "reduce_scatter", "reduce_scatter_tensor"):
+        real = getattr(dist, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
+        setattr(dist, name, counted)
+    return calls
+
+
 def _worker(rank: int, world: int, init_file: str, splits: list[int], out_dir: str,
             kernel: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -38,14 +53,18 @@ def _worker(rank: int, world: int, init_file: str, splits: list[int], out_dir: s
     layer = SyncSwitchNorm(CHANNELS, kernel=kernel)
     layer.load_state_dict({**layer.state_dict(), **state})
     x_local = x[rows].clone().requires_grad_()
+    collectives = _count_collectives()
     for _ in range(2):  # two steps: running statistics accumulate over both
         x_local.grad = None
         layer.zero_grad()
+        collectives.clear()
         y = layer(x_local)
+        forward_collectives = list(collectives)
         y.backward(grad_out[rows])
     torch.save({"y": y.detach(), "dx": x_local.grad, "rows": (rows.start, rows.stop),
                 "grads": {n: p.grad for n, p in layer.named_parameters()},
-                "running_mean": layer.running_mean, "running_var": layer.running_var},
+                "running_mean": layer.running_mean, "running_var": layer.running_var,
+                "forward_collectives": forward_collectives},
                os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -75,6 +94,7 @@ def test_two_process_sync_equals_single_process(tmp_path, splits, kernel):
         torch.testing.assert_close(res["dx"], x.grad[rows], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(res["running_mean"], single.running_mean)
         torch.testing.assert_close(res["running_var"], single.running_var)
+        assert res["forward_collectives"] == ["all_gather"]  # one collective, not two
     # Each process holds the gradient of its own part of the loss: they add up (DDP averages).
     for name, param in single.named_parameters():
         total = results[0]["grads"][name] + results[1]["grads"][name]

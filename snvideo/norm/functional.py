@@ -67,20 +67,28 @@ def batch_moments(mean_in: Tensor, var_in: Tensor, per_sample: int, group=None
                   ) -> tuple[Tensor, Tensor, Tensor, Tensor | float]:
     """BN-branch moments (1, C) over the samples of all processes in `group` (None: local),
     each local sample's deviation from them, and each local sample's weight in them
-    (per_sample / total elements). Two all-reduces keep the variance free of cancellation;
-    they are autograd-aware, for the compiled path."""
+    (per_sample / total elements).
+
+    One collective: every process gathers every process's element count, mean and sum of
+    squared deviations from its own mean, and merges them the way Chan et al. merge partial
+    variances (the spread of the process means is measured around the merged mean), so the
+    variance stays free of cancellation without a second round trip. The gather is
+    autograd-aware, for the compiled path."""
     if not _synced(group):
         mean_bn, var_bn, deviation = group_moments(mean_in, var_in, dim=0)
         return mean_bn, var_bn, deviation, 1.0 / mean_in.shape[0]
-    local = torch.cat([mean_in.sum(0) * per_sample,
-                       mean_in.new_full((1,), float(per_sample * mean_in.shape[0]))])
-    sums = dist_fn.all_reduce(local, group=group)
-    total = sums[-1]
-    mean_bn = (sums[:-1] / total).unsqueeze(0)
-    deviation = mean_in - mean_bn
-    sq_dev = torch.addcmul(var_in, deviation, deviation).sum(0) * per_sample
-    var_bn = (dist_fn.all_reduce(sq_dev, group=group) / total).unsqueeze(0)
-    return mean_bn, var_bn, deviation, per_sample / total
+    count = per_sample * mean_in.shape[0]
+    local_mean = mean_in.mean(0)
+    local_dev = mean_in - local_mean
+    local_m2 = torch.addcmul(var_in, local_dev, local_dev).sum(0) * per_sample
+    row = torch.cat([mean_in.new_full((1,), float(count)), local_mean, local_m2])
+    rows = torch.stack(dist_fn.all_gather(row, group=group))    # (world, 1 + 2C)
+    counts, means, m2s = rows[:, :1], rows[:, 1:1 + mean_in.shape[1]], rows[:, 1 + mean_in.shape[1]:]
+    total = counts.sum()
+    mean_bn = ((counts * means).sum(0) / total).unsqueeze(0)
+    spread = means - mean_bn
+    var_bn = ((m2s.sum(0) + (counts * spread * spread).sum(0)) / total).unsqueeze(0)
+    return mean_bn, var_bn, mean_in - mean_bn, per_sample / total
 
 
 class _Stats(NamedTuple):

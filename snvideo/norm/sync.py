@@ -2,9 +2,11 @@
 
 Only the BN-branch moments cross processes (IN and LN are per sample). They are merged with
 each process's element count as weight, so uneven per-process batches give the same result as
-one process holding the concatenated batch. Gradients flow through the merge: the eager
-backward all-reduces the BN-moment gradients (snvideo.norm.functional), and the compiled path
-uses autograd-aware all-reduces (torch.distributed.nn).
+one process holding the concatenated batch; the forward makes one collective, an all-gather
+of each process's count, mean and sum of squared deviations (functional.batch_moments).
+Gradients flow through the merge: the eager backward all-reduces the BN-moment gradients
+(snvideo.norm.functional), and the compiled path uses the autograd-aware gather
+(torch.distributed.nn).
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ outputs get no materialized gradients, parameter gradients are written in their 
 (which updates the running statistics in place) and `snvideo::switch_norm_backward`, with fake
 implementations, under an autograd.Function, so torch.compile and DDP see one opaque op each
 way. SyncSwitchNorm runs the input-sized passes (TRITON_PASSES) around its
-all-reduces, with the mixing in torch (functional.SwitchNormFunction).
+collective, with the mixing in torch (functional.SwitchNormFunction).
 
 triton is imported lazily (it ships with CUDA builds of torch). On CPU tensors the kernels run
 only under Triton's interpreter (TRITON_INTERPRET=1 set before triton is imported), which the
