@@ -347,10 +347,13 @@ def launches(monkeypatch):
 def test_device_ops_per_layer_and_step(launches, x_grad):
     """Forward: three launches (moments, mixing with the running statistics, affine) and the
     batch counter; backward: three launches (two when x needs no gradient) and nothing else —
-    no zero-filled gradients for the statistics outputs, no copies of parameter gradients."""
+    no zero-filled gradients for the statistics outputs, no copies of parameter gradients, no
+    cleared buffers (the reductions' counters re-arm themselves)."""
     layer = _layer(6, True, True)
     x = _input((2, 6, 2, 3, 3), True).requires_grad_(x_grad)
     grad_out = _input((2, 6, 2, 3, 3), True, mean=0.0, std=1.0, seed=1)
+    layer(x.detach())  # a first step allocates the reductions' counters, once per device
+    launches.clear()
     running = layer.running_mean.clone()
     with _DeviceOps() as ops:
         y = layer(x)
@@ -380,3 +383,29 @@ def test_a_gradient_with_other_strides_is_not_copied(launches):
             (got,) = torch.autograd.grad(y, x, grad_out)
         assert ops.ops == [], ops.ops
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@needs_triton
+@pytest.mark.parametrize("shape,channels_last,cls", [
+    ((2, 3, 4, 32, 32), False, SwitchNorm3d),   # rows longer than a tile: several splits each
+    ((2, 3, 4, 32, 32), True, SwitchNorm3d),
+    ((130, 5, 3), False, SwitchNorm1d),          # more samples than one mixing tile holds
+])
+def test_splits_summed_by_the_last_program_and_samples_in_blocks(shape, channels_last, cls):
+    """The reductions' splits are added up by whichever finishes last, and the mixing walks
+    the samples in blocks: still the float64 result, and the counters are back at zero."""
+    layer = _layer(shape[1], True, True, cls=cls)
+    x = _input(shape, channels_last).requires_grad_()
+    rows = triton_sn._rows(x)
+    block_c, block_m = triton_sn._tiles(rows, triton_sn._REDUCE_TILE)
+    splits, _ = triton_sn._split(shape[0], -(-shape[1] // block_c), rows.shape[2], block_m)
+    assert splits > 1 or shape[0] > triton_sn._MIX_BLOCK_N
+    grad_out = _input(shape, channels_last, mean=0.0, std=1.0, seed=1)
+    expected, expected_grads = _reference_outputs(layer, x, grad_out, True)
+    y = layer(x)
+    y.backward(grad_out)
+    torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4)
+    params = [layer.mean_weight, layer.var_weight, layer.weight, layer.bias]
+    for got, want in zip([x.grad] + [p.grad for p in params], expected_grads):
+        torch.testing.assert_close(got.double(), want, rtol=1e-3, atol=1e-4)
+    assert triton_sn._COUNTERS[x.device].count_nonzero() == 0

@@ -59,11 +59,38 @@ def _offsets(n, cs, ms, stride_n, stride_c, stride_m, INDEX_64: tl.constexpr):
 
 
 @triton.jit
-def _moments_kernel(x_ptr, shift_ptr, s1_ptr, s2_ptr, N, C, M, chunk, stride_n, stride_c,
-                    stride_m, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr,
-                    INDEX_64: tl.constexpr):
-    """Partial sums over split `program_id(2)` of M of d = x - shift and d^2, shift = the
-    row's first element (shifted sums: no E[x^2] - E[x]^2 cancellation): one read of x."""
+def _store_partials(a_ptr, b_ptr, total_a_ptr, total_b_ptr, counter_ptr, a, b, n, cs, c_ok, N, C):
+    """Store this split's sums a, b of (n, channels cs); the last split of them to finish adds
+    all splits up, in split order (the same result every run), into the (N, C) totals and
+    re-arms its counter for the next launch. So the mixing reads N x C values, not
+    splits x N x C, and no program waits for another."""
+    split = tl.program_id(2)
+    splits = tl.num_programs(2)
+    out = (split * N + n) * C + cs
+    tl.store(a_ptr + out, a, mask=c_ok)
+    tl.store(b_ptr + out, b, mask=c_ok)
+    tl.debug_barrier()  # all of this program's stores are issued before it counts itself
+    counter = counter_ptr + n * tl.num_programs(1) + tl.program_id(1)
+    finished = tl.atomic_add(counter, 1)  # acq_rel: the other splits' stores are visible
+    if finished == splits - 1:
+        total_a = tl.zeros(a.shape, tl.float32)
+        total_b = tl.zeros(b.shape, tl.float32)
+        for other in range(0, splits):
+            at = (other * N + n) * C + cs
+            total_a += tl.load(a_ptr + at, mask=c_ok, other=0.0, cache_modifier=".cg")
+            total_b += tl.load(b_ptr + at, mask=c_ok, other=0.0, cache_modifier=".cg")
+        tl.store(total_a_ptr + n * C + cs, total_a, mask=c_ok)
+        tl.store(total_b_ptr + n * C + cs, total_b, mask=c_ok)
+        tl.atomic_xchg(counter, 0)
+
+
+@triton.jit
+def _moments_kernel(x_ptr, shift_ptr, s1_ptr, s2_ptr, t1_ptr, t2_ptr, counter_ptr, N, C, M,
+                    chunk, stride_n, stride_c, stride_m, BLOCK_C: tl.constexpr,
+                    BLOCK_M: tl.constexpr, INDEX_64: tl.constexpr):
+    """Sums over split `program_id(2)` of M of d = x - shift and d^2, shift = the row's first
+    element (shifted sums: no E[x^2] - E[x]^2 cancellation): one read of x. The (N, C)
+    totals t1, t2 come from the last split to finish (`_store_partials`)."""
     n = tl.program_id(0)
     cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     split = tl.program_id(2)
@@ -81,11 +108,10 @@ def _moments_kernel(x_ptr, shift_ptr, s1_ptr, s2_ptr, N, C, M, chunk, stride_n, 
         d = tl.where(ok, v - shift[:, None], 0.0)
         s1 += d
         s2 += d * d
-    out = (split * N + n) * C + cs
-    tl.store(s1_ptr + out, tl.sum(s1, 1), mask=c_ok)
-    tl.store(s2_ptr + out, tl.sum(s2, 1), mask=c_ok)
     if split == 0:
         tl.store(shift_ptr + n * C + cs, shift, mask=c_ok)
+    _store_partials(s1_ptr, s2_ptr, t1_ptr, t2_ptr, counter_ptr, tl.sum(s1, 1), tl.sum(s2, 1),
+                    n, cs, c_ok, N, C)
 
 
 @triton.jit
@@ -107,11 +133,12 @@ def _affine_kernel(x_ptr, y_ptr, center_ptr, scale_ptr, shift_ptr, C, M, stride_
 
 
 @triton.jit
-def _grad_sums_kernel(dy_ptr, x_ptr, center_ptr, dot_ptr, sum_ptr, N, C, M, chunk,
-                      g_stride_n, g_stride_c, g_stride_m, stride_n, stride_c, stride_m,
-                      BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr, INDEX_64: tl.constexpr):
-    """Partial sums over split `program_id(2)` of M of dy * (x - center) and of dy: one read
-    of x and of dy (each with its own strides)."""
+def _grad_sums_kernel(dy_ptr, x_ptr, center_ptr, dot_ptr, sum_ptr, t_dot_ptr, t_sum_ptr,
+                      counter_ptr, N, C, M, chunk, g_stride_n, g_stride_c, g_stride_m, stride_n,
+                      stride_c, stride_m, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr,
+                      INDEX_64: tl.constexpr):
+    """Sums over split `program_id(2)` of M of dy * (x - center) and of dy: one read of x and
+    of dy (each with its own strides); the (N, C) totals as in _moments_kernel."""
     n = tl.program_id(0)
     cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     split = tl.program_id(2)
@@ -129,9 +156,8 @@ def _grad_sums_kernel(dy_ptr, x_ptr, center_ptr, dot_ptr, sum_ptr, N, C, M, chun
         v = tl.load(x_ptr + offsets, mask=ok, other=0.0).to(tl.float32)
         s_dot += g * tl.where(ok, v - center[:, None], 0.0)
         s_sum += g
-    out = (split * N + n) * C + cs
-    tl.store(dot_ptr + out, tl.sum(s_dot, 1), mask=c_ok)
-    tl.store(sum_ptr + out, tl.sum(s_sum, 1), mask=c_ok)
+    _store_partials(dot_ptr, sum_ptr, t_dot_ptr, t_sum_ptr, counter_ptr, tl.sum(s_dot, 1),
+                    tl.sum(s_sum, 1), n, cs, c_ok, N, C)
 
 
 @triton.jit
@@ -157,9 +183,11 @@ def _grad_input_kernel(dy_ptr, x_ptr, dx_ptr, center_ptr, scale_ptr, a_ptr, b_pt
 
 
 # --- the (N, C)-sized mixing, one program each way ---------------------------------------------
-# One program holds every sample of a channel block ([BLOCK_N, BLOCK_C] tiles) and walks the
-# channel blocks: LN needs sums over C, BN sums over N. (N, C) is small (a few thousand values),
-# so one program costs microseconds, against the ~20-30 launches of the same math in torch ops.
+# One program walks the (N, C) values in [BLOCK_N, BLOCK_C] tiles: LN needs sums over C (per
+# sample), BN sums over N (per channel), so each kernel makes passes in both orders, with a
+# barrier between passes that read what an earlier one stored. (N, C) is small (a few thousand
+# values, the splits already summed), so one program costs microseconds, against the ~20-30
+# launches of the same math in torch ops.
 @triton.jit
 def _softmax3(logits_ptr, K: tl.constexpr):
     """Softmax of K (2 or 3) logits as three scalars (the third 0 when K == 2)."""
@@ -177,91 +205,13 @@ def _softmax3(logits_ptr, K: tl.constexpr):
 
 
 @triton.jit
-def _tile(c0, ns, n_ok, C, BLOCK_C: tl.constexpr):
-    """The channel block starting at c0: channels, their mask, the tile mask and (n, c) offsets."""
+def _tile(n0, c0, N, C, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The tile at (n0, c0): samples, channels, their masks, the tile mask and (n, c) offsets."""
+    ns = n0 + tl.arange(0, BLOCK_N)
     cs = c0 + tl.arange(0, BLOCK_C)
-    c_ok = cs < C
-    return cs, c_ok, n_ok[:, None] & c_ok[None, :], ns[:, None] * C + cs[None, :]
-
-
-@triton.jit
-def _partial_moments(shift_ptr, s1_ptr, s2_ptr, idx, ok, NC, SPLITS, M):
-    """The IN moments of a tile from the moments kernel's partial sums."""
-    s1 = tl.zeros(idx.shape, tl.float32)
-    s2 = tl.zeros(idx.shape, tl.float32)
-    for split in range(0, SPLITS):
-        s1 += tl.load(s1_ptr + split * NC + idx, mask=ok, other=0.0)
-        s2 += tl.load(s2_ptr + split * NC + idx, mask=ok, other=0.0)
-    d1 = s1 / M
-    mean_in = tl.load(shift_ptr + idx, mask=ok, other=0.0) + d1
-    var_in = tl.maximum(s2 / M - d1 * d1, 0.0)
-    return mean_in, var_in
-
-
-@triton.jit
-def _mix_forward_kernel(shift_ptr, s1_ptr, s2_ptr, mean_logits_ptr, var_logits_ptr, weight_ptr,
-                        bias_ptr, running_mean_ptr, running_var_ptr, nc_ptr, ln_ptr, bn_ptr,
-                        N, C, SPLITS, M, eps, momentum, K: tl.constexpr, USE_BATCH: tl.constexpr,
-                        UPDATE_RUNNING: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_C: tl.constexpr):
-    """IN moments from the partial sums, LN and BN moments, the softmax mix, and the affine
-    coefficients. Writes nc (6, N, C): mean_in, var_in, the mixed mean, rstd, scale and shift
-    (y = (x - mean_in) * scale + shift); ln (2, N): LN mean, variance; bn (2, C): the BN
-    branch's mean and variance (batch or running; untouched without a BN branch). With
-    UPDATE_RUNNING the running statistics move towards the batch ones by `momentum`, as
-    torch.lerp does it (no separate launches for them)."""
-    NC = N * C
-    ns = tl.arange(0, BLOCK_N)
     n_ok = ns < N
-    # LN moments around each sample's first value (the raw first element of channel 0)
-    ln_shift = tl.load(shift_ptr + ns * C, mask=n_ok, other=0.0)
-    ln_d1 = tl.zeros((BLOCK_N,), tl.float32)
-    ln_d2 = tl.zeros((BLOCK_N,), tl.float32)
-    ln_v = tl.zeros((BLOCK_N,), tl.float32)
-    for c0 in range(0, C, BLOCK_C):
-        cs, c_ok, ok, idx = _tile(c0, ns, n_ok, C, BLOCK_C)
-        mean_in, var_in = _partial_moments(shift_ptr, s1_ptr, s2_ptr, idx, ok, NC, SPLITS, M)
-        d = tl.where(ok, mean_in - ln_shift[:, None], 0.0)
-        ln_d1 += tl.sum(d, 1)
-        ln_d2 += tl.sum(d * d, 1)
-        ln_v += tl.sum(tl.where(ok, var_in, 0.0), 1)
-    ln_m1 = ln_d1 / C
-    mean_ln = ln_shift + ln_m1
-    var_ln = tl.maximum(ln_v / C + ln_d2 / C - ln_m1 * ln_m1, 0.0)
-    tl.store(ln_ptr + ns, mean_ln, mask=n_ok)
-    tl.store(ln_ptr + N + ns, var_ln, mask=n_ok)
-    wm0, wm1, wm2 = _softmax3(mean_logits_ptr, K)
-    wv0, wv1, wv2 = _softmax3(var_logits_ptr, K)
-    for c0 in range(0, C, BLOCK_C):
-        cs, c_ok, ok, idx = _tile(c0, ns, n_ok, C, BLOCK_C)
-        mean_in, var_in = _partial_moments(shift_ptr, s1_ptr, s2_ptr, idx, ok, NC, SPLITS, M)
-        mean = wm0 * mean_in + wm1 * mean_ln[:, None]
-        var = wv0 * var_in + wv1 * var_ln[:, None]
-        if K == 3:
-            if USE_BATCH:
-                mean_bn = tl.sum(tl.where(ok, mean_in, 0.0), 0) / N
-                dev = tl.where(ok, mean_in - mean_bn[None, :], 0.0)
-                var_bn = tl.sum(tl.where(ok, var_in, 0.0) + dev * dev, 0) / N
-            else:
-                mean_bn = tl.load(running_mean_ptr + cs, mask=c_ok, other=0.0).to(tl.float32)
-                var_bn = tl.load(running_var_ptr + cs, mask=c_ok, other=1.0).to(tl.float32)
-            tl.store(bn_ptr + cs, mean_bn, mask=c_ok)
-            tl.store(bn_ptr + C + cs, var_bn, mask=c_ok)
-            if UPDATE_RUNNING:
-                _lerp_store(running_mean_ptr + cs, mean_bn, momentum, c_ok)
-                _lerp_store(running_var_ptr + cs, var_bn, momentum, c_ok)
-            mean += wm2 * mean_bn[None, :]
-            var += wv2 * var_bn[None, :]
-        rstd = 1.0 / tl.sqrt(var + eps)
-        scale = tl.load(weight_ptr + cs, mask=c_ok, other=0.0).to(tl.float32)[None, :] * rstd
-        shift = tl.load(bias_ptr + cs, mask=c_ok, other=0.0).to(tl.float32)[None, :] \
-            + (mean_in - mean) * scale
-        tl.store(nc_ptr + idx, mean_in, mask=ok)
-        tl.store(nc_ptr + NC + idx, var_in, mask=ok)
-        tl.store(nc_ptr + 2 * NC + idx, mean, mask=ok)
-        tl.store(nc_ptr + 3 * NC + idx, rstd, mask=ok)
-        tl.store(nc_ptr + 4 * NC + idx, scale, mask=ok)
-        tl.store(nc_ptr + 5 * NC + idx, shift, mask=ok)
+    c_ok = cs < C
+    return ns, cs, n_ok, c_ok, n_ok[:, None] & c_ok[None, :], ns[:, None] * C + cs[None, :]
 
 
 @triton.jit
@@ -277,14 +227,97 @@ def _lerp_store(ptr, end, weight, mask):
 
 
 @triton.jit
-def _mix_grads(dot_ptr, sum_ptr, nc_ptr, idx, ok, NC, SPLITS):
+def _mix_forward_kernel(shift_ptr, t1_ptr, t2_ptr, mean_logits_ptr, var_logits_ptr, weight_ptr,
+                        bias_ptr, running_mean_ptr, running_var_ptr, nc_ptr, ln_ptr, bn_ptr,
+                        N, C, M, eps, momentum, K: tl.constexpr, USE_BATCH: tl.constexpr,
+                        UPDATE_RUNNING: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_C: tl.constexpr):
+    """IN moments from the moments kernel's totals, LN and BN moments, the softmax mix, and
+    the affine coefficients. Writes nc (6, N, C): mean_in, var_in, the mixed mean, rstd, scale
+    and shift (y = (x - mean_in) * scale + shift); ln (2, N): LN mean, variance; bn (2, C): the
+    BN branch's mean and variance (batch or running; untouched without a BN branch). With
+    UPDATE_RUNNING the running statistics move towards the batch ones by `momentum`, as
+    torch.lerp does it (no separate launches for them)."""
+    NC = N * C
+    # pass 1, sample by sample: IN moments (kept in nc) and LN moments around each sample's
+    # first value (the raw first element of channel 0)
+    for n0 in range(0, N, BLOCK_N):
+        ns = n0 + tl.arange(0, BLOCK_N)
+        n_ok = ns < N
+        ln_shift = tl.load(shift_ptr + ns * C, mask=n_ok, other=0.0)
+        ln_d1 = tl.zeros((BLOCK_N,), tl.float32)
+        ln_d2 = tl.zeros((BLOCK_N,), tl.float32)
+        ln_v = tl.zeros((BLOCK_N,), tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            ns, cs, n_ok, c_ok, ok, idx = _tile(n0, c0, N, C, BLOCK_N, BLOCK_C)
+            d1 = tl.load(t1_ptr + idx, mask=ok, other=0.0) / M
+            mean_in = tl.load(shift_ptr + idx, mask=ok, other=0.0) + d1
+            var_in = tl.maximum(tl.load(t2_ptr + idx, mask=ok, other=0.0) / M - d1 * d1, 0.0)
+            tl.store(nc_ptr + idx, mean_in, mask=ok)
+            tl.store(nc_ptr + NC + idx, var_in, mask=ok)
+            d = tl.where(ok, mean_in - ln_shift[:, None], 0.0)
+            ln_d1 += tl.sum(d, 1)
+            ln_d2 += tl.sum(d * d, 1)
+            ln_v += tl.sum(tl.where(ok, var_in, 0.0), 1)
+        ln_m1 = ln_d1 / C
+        tl.store(ln_ptr + ns, ln_shift + ln_m1, mask=n_ok)
+        tl.store(ln_ptr + N + ns, tl.maximum(ln_v / C + ln_d2 / C - ln_m1 * ln_m1, 0.0), mask=n_ok)
+    tl.debug_barrier()
+    # pass 2, channel by channel: the BN branch's moments (over samples), running statistics
+    if K == 3:
+        for c0 in range(0, C, BLOCK_C):
+            cs = c0 + tl.arange(0, BLOCK_C)
+            c_ok = cs < C
+            if USE_BATCH:
+                total = tl.zeros((BLOCK_C,), tl.float32)
+                for n0 in range(0, N, BLOCK_N):
+                    ns, cs, n_ok, c_ok, ok, idx = _tile(n0, c0, N, C, BLOCK_N, BLOCK_C)
+                    total += tl.sum(tl.load(nc_ptr + idx, mask=ok, other=0.0), 0)
+                mean_bn = total / N
+                spread = tl.zeros((BLOCK_C,), tl.float32)
+                for n0 in range(0, N, BLOCK_N):
+                    ns, cs, n_ok, c_ok, ok, idx = _tile(n0, c0, N, C, BLOCK_N, BLOCK_C)
+                    dev = tl.where(ok, tl.load(nc_ptr + idx, mask=ok, other=0.0) - mean_bn[None, :], 0.0)
+                    spread += tl.sum(tl.load(nc_ptr + NC + idx, mask=ok, other=0.0) + dev * dev, 0)
+                var_bn = spread / N
+                if UPDATE_RUNNING:
+                    _lerp_store(running_mean_ptr + cs, mean_bn, momentum, c_ok)
+                    _lerp_store(running_var_ptr + cs, var_bn, momentum, c_ok)
+            else:
+                mean_bn = tl.load(running_mean_ptr + cs, mask=c_ok, other=0.0).to(tl.float32)
+                var_bn = tl.load(running_var_ptr + cs, mask=c_ok, other=1.0).to(tl.float32)
+            tl.store(bn_ptr + cs, mean_bn, mask=c_ok)
+            tl.store(bn_ptr + C + cs, var_bn, mask=c_ok)
+    tl.debug_barrier()
+    # pass 3: the mix and the affine coefficients
+    wm0, wm1, wm2 = _softmax3(mean_logits_ptr, K)
+    wv0, wv1, wv2 = _softmax3(var_logits_ptr, K)
+    for n0 in range(0, N, BLOCK_N):
+        for c0 in range(0, C, BLOCK_C):
+            ns, cs, n_ok, c_ok, ok, idx = _tile(n0, c0, N, C, BLOCK_N, BLOCK_C)
+            mean_in = tl.load(nc_ptr + idx, mask=ok, other=0.0)
+            mean = wm0 * mean_in + wm1 * tl.load(ln_ptr + ns, mask=n_ok, other=0.0)[:, None]
+            var = wv0 * tl.load(nc_ptr + NC + idx, mask=ok, other=0.0) \
+                + wv1 * tl.load(ln_ptr + N + ns, mask=n_ok, other=0.0)[:, None]
+            if K == 3:
+                mean += wm2 * tl.load(bn_ptr + cs, mask=c_ok, other=0.0)[None, :]
+                var += wv2 * tl.load(bn_ptr + C + cs, mask=c_ok, other=0.0)[None, :]
+            rstd = 1.0 / tl.sqrt(var + eps)
+            scale = tl.load(weight_ptr + cs, mask=c_ok, other=0.0).to(tl.float32)[None, :] * rstd
+            shift = tl.load(bias_ptr + cs, mask=c_ok, other=0.0).to(tl.float32)[None, :] \
+                + (mean_in - mean) * scale
+            tl.store(nc_ptr + 2 * NC + idx, mean, mask=ok)
+            tl.store(nc_ptr + 3 * NC + idx, rstd, mask=ok)
+            tl.store(nc_ptr + 4 * NC + idx, scale, mask=ok)
+            tl.store(nc_ptr + 5 * NC + idx, shift, mask=ok)
+
+
+@triton.jit
+def _mix_grads(dot_ptr, sum_ptr, nc_ptr, idx, ok, NC):
     """Per (n, c): d loss / d mixed mean (gm) and variance (gv), d scale, the dy sum, rstd and
     mean_in; all 0 outside the tile mask (masked loads read 0)."""
-    g_dot = tl.zeros(idx.shape, tl.float32)
-    g_sum = tl.zeros(idx.shape, tl.float32)
-    for split in range(0, SPLITS):
-        g_dot += tl.load(dot_ptr + split * NC + idx, mask=ok, other=0.0)
-        g_sum += tl.load(sum_ptr + split * NC + idx, mask=ok, other=0.0)
+    g_dot = tl.load(dot_ptr + idx, mask=ok, other=0.0)
+    g_sum = tl.load(sum_ptr + idx, mask=ok, other=0.0)
     mean_in = tl.load(nc_ptr + idx, mask=ok, other=0.0)
     mean = tl.load(nc_ptr + 2 * NC + idx, mask=ok, other=0.0)
     rstd = tl.load(nc_ptr + 3 * NC + idx, mask=ok, other=0.0)
@@ -298,73 +331,89 @@ def _mix_grads(dot_ptr, sum_ptr, nc_ptr, idx, ok, NC, SPLITS):
 @triton.jit
 def _mix_backward_kernel(dot_ptr, sum_ptr, nc_ptr, ln_ptr, bn_ptr, mean_logits_ptr,
                          var_logits_ptr, a_ptr, b_ptr, grad_weight_ptr, grad_bias_ptr,
-                         grad_mean_logits_ptr, grad_var_logits_ptr, N, C, SPLITS, M, K: tl.constexpr,
-                         USE_BATCH: tl.constexpr, BLOCK_N: tl.constexpr,
+                         grad_mean_logits_ptr, grad_var_logits_ptr, scratch_ptr, N, C, M,
+                         K: tl.constexpr, USE_BATCH: tl.constexpr, BLOCK_N: tl.constexpr,
                          BLOCK_C: tl.constexpr):
-    """The chain rule through the mixing, from the grad-sums kernel's partial sums to the
-    coefficients a, b of dx = dy * scale + (x - mean_in) * a + b and the parameter gradients."""
+    """The chain rule through the mixing, from the grad-sums kernel's (N, C) totals to the
+    coefficients a, b of dx = dy * scale + (x - mean_in) * a + b and the parameter gradients.
+    scratch (2 N + 2 C floats) holds the per-sample LN and per-channel BN gradient sums."""
     NC = N * C
-    ns = tl.arange(0, BLOCK_N)
-    n_ok = ns < N
-    mean_ln = tl.load(ln_ptr + ns, mask=n_ok, other=0.0)
-    var_ln = tl.load(ln_ptr + N + ns, mask=n_ok, other=0.0)
-    ln_gm = tl.zeros((BLOCK_N,), tl.float32)
-    ln_gv = tl.zeros((BLOCK_N,), tl.float32)
-    # d loss / d (softmax weight k), accumulated as sums over (n, c) of statistic_k * g
-    acc_m0 = tl.zeros((BLOCK_N,), tl.float32)
-    acc_m1 = tl.zeros((BLOCK_N,), tl.float32)
-    acc_m2 = tl.zeros((BLOCK_N,), tl.float32)
-    acc_v0 = tl.zeros((BLOCK_N,), tl.float32)
-    acc_v1 = tl.zeros((BLOCK_N,), tl.float32)
-    acc_v2 = tl.zeros((BLOCK_N,), tl.float32)
+    # pass 1, sample by sample: LN sums (over channels) and d loss / d softmax weight k, as
+    # sums over (n, c) of statistic_k * g
+    acc_m0 = 0.0
+    acc_m1 = 0.0
+    acc_m2 = 0.0
+    acc_v0 = 0.0
+    acc_v1 = 0.0
+    acc_v2 = 0.0
+    for n0 in range(0, N, BLOCK_N):
+        ns = n0 + tl.arange(0, BLOCK_N)
+        n_ok = ns < N
+        ln_gm = tl.zeros((BLOCK_N,), tl.float32)
+        ln_gv = tl.zeros((BLOCK_N,), tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            ns, cs, n_ok, c_ok, ok, idx = _tile(n0, c0, N, C, BLOCK_N, BLOCK_C)
+            gm, gv, _, _, _, mean_in = _mix_grads(dot_ptr, sum_ptr, nc_ptr, idx, ok, NC)
+            ln_gm += tl.sum(gm, 1)
+            ln_gv += tl.sum(gv, 1)
+            acc_m0 += tl.sum(tl.sum(mean_in * gm, 1), 0)
+            acc_v0 += tl.sum(tl.sum(tl.load(nc_ptr + NC + idx, mask=ok, other=0.0) * gv, 1), 0)
+            if K == 3:
+                acc_m2 += tl.sum(tl.sum(tl.load(bn_ptr + cs, mask=c_ok, other=0.0)[None, :] * gm, 1), 0)
+                acc_v2 += tl.sum(tl.sum(tl.load(bn_ptr + C + cs, mask=c_ok, other=0.0)[None, :] * gv, 1), 0)
+        acc_m1 += tl.sum(tl.load(ln_ptr + ns, mask=n_ok, other=0.0) * ln_gm, 0)
+        acc_v1 += tl.sum(tl.load(ln_ptr + N + ns, mask=n_ok, other=0.0) * ln_gv, 0)
+        tl.store(scratch_ptr + ns, ln_gm, mask=n_ok)
+        tl.store(scratch_ptr + N + ns, ln_gv, mask=n_ok)
+    # pass 2, channel by channel: weight and bias gradients, BN sums (over samples)
     for c0 in range(0, C, BLOCK_C):
-        cs, c_ok, ok, idx = _tile(c0, ns, n_ok, C, BLOCK_C)
-        gm, gv, grad_scale, g_sum, rstd, mean_in = _mix_grads(dot_ptr, sum_ptr, nc_ptr, idx,
-                                                              ok, NC, SPLITS)
-        tl.store(grad_bias_ptr + cs, tl.sum(g_sum, 0).to(grad_bias_ptr.dtype.element_ty), mask=c_ok)
-        tl.store(grad_weight_ptr + cs, tl.sum(grad_scale * rstd, 0).to(grad_weight_ptr.dtype.element_ty),
-                 mask=c_ok)
-        ln_gm += tl.sum(gm, 1)
-        ln_gv += tl.sum(gv, 1)
-        var_in = tl.load(nc_ptr + NC + idx, mask=ok, other=0.0)
-        acc_m0 += tl.sum(mean_in * gm, 1)
-        acc_v0 += tl.sum(var_in * gv, 1)
-        if K == 3:
-            mean_bn = tl.load(bn_ptr + cs, mask=c_ok, other=0.0)
-            var_bn = tl.load(bn_ptr + C + cs, mask=c_ok, other=0.0)
-            acc_m2 += tl.sum(mean_bn[None, :] * gm, 1)
-            acc_v2 += tl.sum(var_bn[None, :] * gv, 1)
-    acc_m1 = mean_ln * ln_gm
-    acc_v1 = var_ln * ln_gv
+        cs = c0 + tl.arange(0, BLOCK_C)
+        c_ok = cs < C
+        g_bias = tl.zeros((BLOCK_C,), tl.float32)
+        g_weight = tl.zeros((BLOCK_C,), tl.float32)
+        bn_gm = tl.zeros((BLOCK_C,), tl.float32)
+        bn_gv = tl.zeros((BLOCK_C,), tl.float32)
+        for n0 in range(0, N, BLOCK_N):
+            ns, cs, n_ok, c_ok, ok, idx = _tile(n0, c0, N, C, BLOCK_N, BLOCK_C)
+            gm, gv, grad_scale, g_sum, rstd, _ = _mix_grads(dot_ptr, sum_ptr, nc_ptr, idx, ok, NC)
+            g_bias += tl.sum(g_sum, 0)
+            g_weight += tl.sum(grad_scale * rstd, 0)
+            bn_gm += tl.sum(gm, 0)
+            bn_gv += tl.sum(gv, 0)
+        tl.store(grad_bias_ptr + cs, g_bias.to(grad_bias_ptr.dtype.element_ty), mask=c_ok)
+        tl.store(grad_weight_ptr + cs, g_weight.to(grad_weight_ptr.dtype.element_ty), mask=c_ok)
+        tl.store(scratch_ptr + 2 * N + cs, bn_gm, mask=c_ok)
+        tl.store(scratch_ptr + 2 * N + C + cs, bn_gv, mask=c_ok)
     wm0, wm1, wm2 = _softmax3(mean_logits_ptr, K)
     wv0, wv1, wv2 = _softmax3(var_logits_ptr, K)
     # softmax backward: d logit_k = w_k * (g_k - sum_j w_j g_j)
-    gm0, gm1, gm2 = tl.sum(acc_m0, 0), tl.sum(acc_m1, 0), tl.sum(acc_m2, 0)
-    gv0, gv1, gv2 = tl.sum(acc_v0, 0), tl.sum(acc_v1, 0), tl.sum(acc_v2, 0)
-    dot_m = wm0 * gm0 + wm1 * gm1 + wm2 * gm2
-    dot_v = wv0 * gv0 + wv1 * gv1 + wv2 * gv2
+    dot_m = wm0 * acc_m0 + wm1 * acc_m1 + wm2 * acc_m2
+    dot_v = wv0 * acc_v0 + wv1 * acc_v1 + wv2 * acc_v2
     dtype = grad_mean_logits_ptr.dtype.element_ty
-    tl.store(grad_mean_logits_ptr, (wm0 * (gm0 - dot_m)).to(dtype))
-    tl.store(grad_mean_logits_ptr + 1, (wm1 * (gm1 - dot_m)).to(dtype))
-    tl.store(grad_var_logits_ptr, (wv0 * (gv0 - dot_v)).to(dtype))
-    tl.store(grad_var_logits_ptr + 1, (wv1 * (gv1 - dot_v)).to(dtype))
+    tl.store(grad_mean_logits_ptr, (wm0 * (acc_m0 - dot_m)).to(dtype))
+    tl.store(grad_mean_logits_ptr + 1, (wm1 * (acc_m1 - dot_m)).to(dtype))
+    tl.store(grad_var_logits_ptr, (wv0 * (acc_v0 - dot_v)).to(dtype))
+    tl.store(grad_var_logits_ptr + 1, (wv1 * (acc_v1 - dot_v)).to(dtype))
     if K == 3:
-        tl.store(grad_mean_logits_ptr + 2, (wm2 * (gm2 - dot_m)).to(dtype))
-        tl.store(grad_var_logits_ptr + 2, (wv2 * (gv2 - dot_v)).to(dtype))
-    # back to the IN moments: directly, through LN (sums over C), through BN (sums over N)
-    g_ln_m = ln_gm * (wm1 / C)
-    g_ln_v = ln_gv * (wv1 / C)
-    for c0 in range(0, C, BLOCK_C):
-        cs, c_ok, ok, idx = _tile(c0, ns, n_ok, C, BLOCK_C)
-        gm, gv, _, _, _, mean_in = _mix_grads(dot_ptr, sum_ptr, nc_ptr, idx, ok, NC, SPLITS)
-        g_in_m = wm0 * gm + g_ln_m[:, None] + 2.0 * (mean_in - mean_ln[:, None]) * g_ln_v[:, None]
-        g_in_v = wv0 * gv + g_ln_v[:, None]
-        if K == 3:
-            if USE_BATCH:
-                mean_bn = tl.load(bn_ptr + cs, mask=c_ok, other=0.0)
-                g_bn_m = tl.sum(gm, 0) * (wm2 / N)
-                g_bn_v = tl.sum(gv, 0) * (wv2 / N)
-                g_in_m += g_bn_m[None, :] + 2.0 * (mean_in - mean_bn[None, :]) * g_bn_v[None, :]
-                g_in_v += g_bn_v[None, :]
-        tl.store(a_ptr + idx, g_in_v * (2.0 / M), mask=ok)
-        tl.store(b_ptr + idx, g_in_m / M, mask=ok)
+        tl.store(grad_mean_logits_ptr + 2, (wm2 * (acc_m2 - dot_m)).to(dtype))
+        tl.store(grad_var_logits_ptr + 2, (wv2 * (acc_v2 - dot_v)).to(dtype))
+    tl.debug_barrier()
+    # pass 3: back to the IN moments, directly, through LN (sums over C), through BN (over N)
+    for n0 in range(0, N, BLOCK_N):
+        for c0 in range(0, C, BLOCK_C):
+            ns, cs, n_ok, c_ok, ok, idx = _tile(n0, c0, N, C, BLOCK_N, BLOCK_C)
+            gm, gv, _, _, _, mean_in = _mix_grads(dot_ptr, sum_ptr, nc_ptr, idx, ok, NC)
+            g_ln_m = tl.load(scratch_ptr + ns, mask=n_ok, other=0.0) * (wm1 / C)
+            g_ln_v = tl.load(scratch_ptr + N + ns, mask=n_ok, other=0.0) * (wv1 / C)
+            mean_ln = tl.load(ln_ptr + ns, mask=n_ok, other=0.0)
+            g_in_m = wm0 * gm + g_ln_m[:, None] + 2.0 * (mean_in - mean_ln[:, None]) * g_ln_v[:, None]
+            g_in_v = wv0 * gv + g_ln_v[:, None]
+            if K == 3:
+                if USE_BATCH:
+                    mean_bn = tl.load(bn_ptr + cs, mask=c_ok, other=0.0)
+                    g_bn_m = tl.load(scratch_ptr + 2 * N + cs, mask=c_ok, other=0.0) * (wm2 / N)
+                    g_bn_v = tl.load(scratch_ptr + 2 * N + C + cs, mask=c_ok, other=0.0) * (wv2 / N)
+                    g_in_m += g_bn_m[None, :] + 2.0 * (mean_in - mean_bn[None, :]) * g_bn_v[None, :]
+                    g_in_v += g_bn_v[None, :]
+            tl.store(a_ptr + idx, g_in_v * (2.0 / M), mask=ok)
+            tl.store(b_ptr + idx, g_in_m / M, mask=ok)

@@ -32,7 +32,9 @@ from torch import Tensor
 _REDUCE_TILE = 2048      # elements per program tile in the reductions
 _ELEMENTWISE_TILE = 4096  # ... and in the elementwise passes
 _MIX_TILE = 2048          # (N, C) values per tile in the one-program mixing kernels
-_TARGET_PROGRAMS = 1024   # enough programs to fill an H100/H200 (132 SMs) several times over
+_MIX_BLOCK_N = 64         # samples per tile there (larger batches are walked in blocks)
+_PROGRAMS_PER_SM = 4      # reduction programs per SM: enough to hide memory latency
+_COUNTERS: dict = {}      # per device: the reductions' completion counters (_counters)
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _INT32_LIMIT = 2**31 - 1
 
@@ -84,39 +86,61 @@ def _tiles(rows: Tensor, tile: int) -> tuple[int, int]:
     return block_c, block_m
 
 
-def _split(n: int, c_blocks: int, m: int, block_m: int) -> tuple[int, int]:
-    """How many programs share a row, and the (BLOCK_M-aligned) length each one sums."""
-    splits = max(1, min(-(-_TARGET_PROGRAMS // (n * c_blocks)), -(-m // block_m)))
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 132  # the interpreter: as an H100, so CPU tests see the GPU's splits
+
+
+def _split(n: int, c_blocks: int, m: int, block_m: int,
+           device: torch.device = torch.device("cpu")) -> tuple[int, int]:
+    """How many programs share a row, and the (BLOCK_M-aligned) length each one sums: enough
+    programs for every SM to hold a few, no more (each split's sums are added up again)."""
+    target = _PROGRAMS_PER_SM * _sm_count(device)
+    splits = max(1, min(-(-target // (n * c_blocks)), -(-m // block_m)))
     chunk = -(-(-(-m // splits)) // block_m) * block_m
     return -(-m // chunk), chunk
 
 
-def _partial_sums(kernel, rows: Tensor, *inputs: Tensor, firsts: bool = False,
-                  grad_rows: Tensor | None = None) -> tuple[Tensor, ...]:
-    """Launch a reduction kernel over (N, C, M) rows. Returns its two (splits, N, C) float32
-    partial sums, after the (N, C) row firsts when `firsts` (the moments kernel writes them).
+def _counters(device: torch.device, count: int) -> Tensor:
+    """The reductions' completion counters (one per (n, channel block)): zeros, and left at
+    zero by every launch (the last split re-arms its counter), so they are allocated and
+    cleared once per device, not per launch."""
+    counters = _COUNTERS.get(device)
+    if counters is None or counters.numel() < count:
+        counters = torch.zeros(max(count, 4096), dtype=torch.int32, device=device)
+        _COUNTERS[device] = counters
+    return counters
+
+
+def _reduce(kernel, rows: Tensor, *inputs: Tensor, firsts: bool = False,
+            grad_rows: Tensor | None = None) -> tuple[Tensor, ...]:
+    """Launch a reduction kernel over (N, C, M) rows. Returns its two (N, C) float32 totals,
+    after the (N, C) row firsts when `firsts` (the moments kernel writes them).
     `grad_rows`: the gradient, whose strides the kernel takes before those of `rows`."""
     n, c, m = rows.shape
     block_c, block_m = _tiles(rows, _REDUCE_TILE)
     c_blocks = -(-c // block_c)
-    splits, chunk = _split(n, c_blocks, m, block_m)
-    s1 = rows.new_empty((splits, n, c), dtype=torch.float32)
+    splits, chunk = _split(n, c_blocks, m, block_m, rows.device)
+    partials = rows.new_empty((2, splits, n, c), dtype=torch.float32)
+    totals = rows.new_empty((2, n, c), dtype=torch.float32)
     outputs = ([rows.new_empty((n, c), dtype=torch.float32)] if firsts else []) \
-        + [s1, torch.empty_like(s1)]
+        + [partials[0], partials[1], totals[0], totals[1], _counters(rows.device, n * c_blocks)]
     g_strides = () if grad_rows is None else grad_rows.stride()
     big = needs_index_64(rows) or (grad_rows is not None and needs_index_64(grad_rows))
     kernel[(n, c_blocks, splits)](*inputs, *outputs, n, c, m, chunk, *g_strides, *rows.stride(),
                                   BLOCK_C=block_c, BLOCK_M=block_m, INDEX_64=big)
-    return tuple(outputs)
+    return (*outputs[:-5], totals[0], totals[1])
 
 
 def moments(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-(n, c) mean and population variance over S, float32, one read of x."""
     rows = _rows(x)
     m = rows.shape[2]
-    shift, s1, s2 = _partial_sums(_kernels()._moments_kernel, rows, rows, firsts=True)
-    d1 = s1.sum(0) / m
-    return shift + d1, torch.addcmul(s2.sum(0) / m, d1, d1, value=-1).clamp_(min=0)
+    shift, s1, s2 = _reduce(_kernels()._moments_kernel, rows, rows, firsts=True)
+    d1 = s1 / m
+    return shift + d1, torch.addcmul(s2 / m, d1, d1, value=-1).clamp_(min=0)
 
 
 def needs_index_64(*tensors: Tensor) -> bool:
@@ -154,17 +178,16 @@ def affine(x: Tensor, center: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     return _restore(y, x)
 
 
-def _grad_partials(grad_y: Tensor, rows: Tensor, center: Tensor) -> tuple[Tensor, ...]:
-    """(splits, N, C) partial sums of grad_y * (x - center) and of grad_y."""
+def _grad_totals(grad_y: Tensor, rows: Tensor, center: Tensor) -> tuple[Tensor, ...]:
+    """(N, C) sums of grad_y * (x - center) and of grad_y."""
     g_rows = _grad_rows(grad_y, rows)
-    return _partial_sums(_kernels()._grad_sums_kernel, rows, g_rows, rows, _f32(center),
-                         grad_rows=g_rows)
+    return _reduce(_kernels()._grad_sums_kernel, rows, g_rows, rows, _f32(center),
+                   grad_rows=g_rows)
 
 
 def grad_sums(grad_y: Tensor, x: Tensor, center: Tensor) -> tuple[Tensor, Tensor]:
     """Per-(n, c) sums over S of grad_y * (x - center) and of grad_y, float32: one read each."""
-    dot, total = _grad_partials(grad_y, _rows(x), center)
-    return dot.sum(0), total.sum(0)
+    return _grad_totals(grad_y, _rows(x), center)
 
 
 def grad_input(grad_y: Tensor, x: Tensor, center: Tensor, scale: Tensor, a: Tensor,
@@ -201,7 +224,9 @@ def _restore(rows_out: Tensor, x: Tensor) -> Tensor:
 
 # --- the fused layer: four input-sized passes and two one-program (N, C) kernels --------------
 def _mix_tiles(n: int, c: int) -> tuple[int, int]:
-    block_n = _next_pow2(n)
+    """(BLOCK_N, BLOCK_C) of the mixing kernels' tiles: at most _MIX_TILE values, samples in
+    blocks of at most _MIX_BLOCK_N (the kernels loop over sample blocks)."""
+    block_n = min(_next_pow2(n), _MIX_BLOCK_N)
     return block_n, min(_next_pow2(c), max(1, _MIX_TILE // block_n))
 
 
@@ -214,7 +239,7 @@ def forward(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tensor, 
     the mixing kernel also moves the running statistics by `momentum`."""
     rows = _rows(x)
     n, c, m = rows.shape
-    shift, s1, s2 = _partial_sums(_kernels()._moments_kernel, rows, rows, firsts=True)
+    shift, t1, t2 = _reduce(_kernels()._moments_kernel, rows, rows, firsts=True)
     nc = rows.new_empty((6, n, c), dtype=torch.float32)
     ln = rows.new_empty((2, n), dtype=torch.float32)
     bn = rows.new_empty((2, c), dtype=torch.float32)  # written when there is a BN branch
@@ -222,9 +247,9 @@ def forward(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tensor, 
     use_batch = use_batch_stats or running_mean is None
     block_n, block_c = _mix_tiles(n, c)
     _kernels()._mix_forward_kernel[(1,)](
-        shift, s1, s2, mean_weight, var_weight, weight, bias,
+        shift, t1, t2, mean_weight, var_weight, weight, bias,
         running_mean if running_mean is not None else bn,
-        running_var if running_var is not None else bn, nc, ln, bn, n, c, s1.shape[0], m, eps,
+        running_var if running_var is not None else bn, nc, ln, bn, n, c, m, eps,
         float(momentum), K=k, USE_BATCH=use_batch,
         UPDATE_RUNNING=use_batch_stats and running_mean is not None and k == 3,
         BLOCK_N=block_n, BLOCK_C=block_c, num_warps=8)
@@ -240,13 +265,14 @@ def backward(grad_y: Tensor, x: Tensor, nc: Tensor, ln: Tensor, bn: Tensor,
     rows = _rows(x)
     n, c, m = rows.shape
     k = mean_weight.numel()
-    dot, total = _grad_partials(grad_y, rows, nc[0])
+    dot, total = _grad_totals(grad_y, rows, nc[0])
     a, b = torch.empty_like(nc[:2])
+    scratch = rows.new_empty(2 * (n + c), dtype=torch.float32)
     grads = [torch.empty_like(p) for p in (mean_weight, var_weight, weight, bias)]
     block_n, block_c = _mix_tiles(n, c)
     _kernels()._mix_backward_kernel[(1,)](
         dot, total, nc, ln, bn, mean_weight, var_weight, a, b, grads[2], grads[3], grads[0],
-        grads[1], n, c, dot.shape[0], m, K=k, USE_BATCH=use_batch_stats,
+        grads[1], scratch, n, c, m, K=k, USE_BATCH=use_batch_stats,
         BLOCK_N=block_n, BLOCK_C=block_c, num_warps=8)
     grad_x = grad_input(grad_y, x, nc[0], nc[4], a, b) if input_grad else None
     return (grad_x, *grads)
