@@ -38,7 +38,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from snvideo.norm import SwitchNorm3d, SyncSwitchNorm  # noqa: E402
 from snvideo.norm.functional import switch_norm_reference  # noqa: E402
 
-SHAPES = [(8, 64, 16, 56, 56), (4, 256, 8, 28, 28), (2, 64, 32, 56, 56), (2, 2048, 4, 7, 7)]
+# the I3D-R50 stem's output (8 clips of 32 frames: 16 x 112 x 112 after the stride-2 stem),
+# res2 at 8 and 2 clips, res3, res5
+SHAPES = [(8, 64, 16, 112, 112), (8, 64, 16, 56, 56), (4, 256, 8, 28, 28), (2, 64, 32, 56, 56),
+          (2, 2048, 4, 7, 7)]
 QUICK_SHAPES = [(2, 32, 8, 28, 28), (2, 512, 4, 7, 7)]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FORMATS = {"contiguous": torch.contiguous_format, "channels_last_3d": torch.channels_last_3d}
@@ -120,6 +123,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def batch_norm_backend(x: torch.Tensor, layer: nn.BatchNorm3d) -> str:
+    """Which BatchNorm implementation torch picks for x in training ("cudnn", "native",
+    "miopen"; "?" when this torch cannot say): bf16 may not go to cuDNN."""
+    try:
+        backend = torch._C._select_batch_norm_backend(x, layer.weight, layer.bias,
+                                                      layer.running_mean, layer.running_var,
+                                                      True, layer.eps)
+    except (AttributeError, RuntimeError, TypeError):
+        return "?"
+    return str(backend).rsplit(".", 1)[-1].lower()
+
+
 def variant_layers(channels: int, kernels: list[str] | None, sync_norms: bool,
                    compile_: bool, naive: bool = True, plain: bool = True,
                    device: torch.device | None = None) -> dict[str, nn.Module]:
@@ -158,17 +173,29 @@ def bench_shape(shape, device, repeats: int, compile_: bool = False,
     x.requires_grad_()
     grad = torch.randn(shape, device=device).to(dtype=dtype, memory_format=memory_format)
     times: dict[str, list[float]] = {name: [] for name in variants}
+    gpu_times: dict[str, list[float]] = {name: [] for name in variants}
+    cuda = torch.device(device).type == "cuda"
     for step in range(repeats + 2):  # two warm-up rounds
         for name, layer in variants.items():
             sync(device)
             start = time.perf_counter()
+            if cuda:  # GPU time beside wall time: small shapes are mostly host time
+                events = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+                events[0].record()
             for _ in range(inner):
                 x.grad = None
                 layer(x).backward(grad)
+            if cuda:
+                events[1].record()
             sync(device)
             if step >= 2:
                 times[name].append((time.perf_counter() - start) / inner)
+                if cuda:
+                    gpu_times[name].append(events[0].elapsed_time(events[1]) / 1e3 / inner)
     result = {name: statistics.median(t) for name, t in times.items()}
+    if cuda:
+        result.update({f"gpu_{name}": statistics.median(t) for name, t in gpu_times.items()})
+    result["bn_backend"] = batch_norm_backend(x, variants["bn"])
     if saved:
         input_bytes = x.numel() * x.element_size()
         for name in variants:
@@ -181,16 +208,20 @@ def format_rows(rows: list[dict]) -> list[str]:
     """Markdown table: one row per (shape, dtype, format); ms and ratio to bn per variant."""
     names = [k for k in rows[0]["times"]]
     saved = [k for k in rows[0].get("saved", {})]
-    head = "| shape | dtype | format | bn ms |"
+    gpu = [k for k in rows[0].get("gpu", {}) if k != "bn"]
+    head = "| shape | dtype | format | bn ms | bn backend |"
     for name in names[1:]:
         head += f" {name} ms | {name}/bn |"
+    head += "".join(f" {name}/bn GPU time |" for name in gpu)
     head += "".join(f" saved {name} |" for name in saved)
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         t = r["times"]
-        line = f"| {tuple(r['shape'])} | {r['dtype']} | {r['format']} | {t['bn'] * 1e3:.3f} |"
+        line = (f"| {tuple(r['shape'])} | {r['dtype']} | {r['format']} | {t['bn'] * 1e3:.3f} | "
+                f"{r.get('bn_backend', '?')} |")
         for name in names[1:]:
             line += f" {t[name] * 1e3:.3f} | {t[name] / t['bn']:.2f}x |"
+        line += "".join(f" {r['gpu'][name] / r['gpu']['bn']:.2f}x |" for name in gpu)
         line += "".join(f" {r['saved'][name]:.2f} |" for name in saved)
         lines.append(line)
     return lines
@@ -210,8 +241,11 @@ def run(shapes, device: torch.device, repeats: int, dtypes: list[str], formats: 
                 r = bench_shape(shape, device, repeats, compile_, DTYPES[dtype_name],
                                 FORMATS[format_name], kernels, sync_norms, inner, naive, plain,
                                 saved)
+                backend = r.pop("bn_backend")
                 row = {"shape": tuple(shape), "dtype": dtype_name, "format": format_name,
-                       "times": {k: v for k, v in r.items() if not k.startswith("saved_")},
+                       "bn_backend": backend,
+                       "times": {k: v for k, v in r.items() if not k.startswith(("saved_", "gpu_"))},
+                       "gpu": {k[4:]: v for k, v in r.items() if k.startswith("gpu_")},
                        "saved": {k[6:]: v for k, v in r.items() if k.startswith("saved_")}}
                 rows.append(row)
                 if on_row is not None:

@@ -8,10 +8,13 @@ norm, step, memory and decode run in their own process, so that even a crash or 
 context stays in its section; each has a time cap, and stops between measurements once it is
 reached, marked "partial", or is killed a minute after it):
   env      GPU name, driver, CUDA / cuDNN / torch / triton versions, decoders present
-  tests    the suite's CUDA tests (pytest marker `cuda`; they skip without a GPU)
-  norm     SN vs BatchNorm3d (cuDNN on CUDA) forward+backward at the four issue shapes:
-           fp32 and bf16 x contiguous and channels_last_3d x SN kernel triton and eager, and
-           the official-style naive SN, as ratios to BN from one run (benchmarks/bench_norm.py)
+  tests    the suite's CUDA tests and the whole Triton kernel suite (pytest markers `cuda`
+           and `triton`; on CPU the CUDA tests skip and the kernels run interpreted)
+  norm     SN vs BatchNorm3d forward+backward at bench_norm.SHAPES (the I3D stem, res2 at 8 and
+           2 clips, res3, res5): fp32 and bf16 x contiguous and channels_last_3d x SN kernel
+           triton and eager, and the official-style naive SN, as ratios to BN from one run
+           (benchmarks/bench_norm.py), wall time and, on CUDA, GPU time from CUDA events; the
+           BN column names the backend torch picked for it (cuDNN or native)
   step     an i3d_r50 training step at 32x224x224 under bf16 autocast, channels_last_3d: SN, BN
            and GN at 8 and 2 clips; time per step, ratio to BN, torch.cuda.max_memory_allocated
   memory   the shipped i3d_r50 SN configs (1, 2, 4, 8 clips per GPU) x checkpoint_stages off/on
@@ -193,11 +196,12 @@ def nvidia_smi(query: str) -> str:
 # --- tests -------------------------------------------------------------------------------------
 def section_tests(section: Section, s: Settings, done: dict) -> None:
     files = sorted(f for f in glob.glob(os.path.join(REPO, "tests", "test_*.py"))
-                   if "mark.cuda" in open(f).read())
+                   if "mark.cuda" in open(f).read() or "mark.triton" in open(f).read())
     if not files:
-        raise RuntimeError("no test file uses the cuda marker")
+        raise RuntimeError("no test file uses the cuda or triton marker")
     timeout = max(10, section.data["deadline"] - time.time())
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
+    # the CUDA tests and the whole Triton kernel suite (on the GPU there, not the interpreter)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda or triton", "-p", "no:cacheprovider",
            "-o", "addopts=-ra", *files]
     try:
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
@@ -212,7 +216,7 @@ def section_tests(section: Section, s: Settings, done: dict) -> None:
     section.data.update(counts=counts, returncode=code,
                         files=[os.path.relpath(f, REPO) for f in files])
     failed = [line for line in output.splitlines() if line.startswith(("FAILED", "ERROR"))]
-    section.lines.append(f"`{' '.join(['pytest', '-m', 'cuda'] + section.data['files'])}`: "
+    section.lines.append(f"`{' '.join(['pytest', '-m', repr('cuda or triton')] + section.data['files'])}`: "
                          + (", ".join(f"{n} {k}" for k, n in counts.items()) or "no summary"))
     section.lines += [f"- {line}" for line in failed]
     tail = output.strip().splitlines()[-15:]

@@ -15,6 +15,7 @@ from snvideo.norm import triton_sn
 from snvideo.norm.functional import resolve_kernel
 from test_norm import randomize, reference_sn
 
+pytestmark = pytest.mark.triton  # benchmarks/gpu_check.py runs this file on the GPU
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 needs_triton = pytest.mark.skipif(
     not triton_sn.can_run(torch.empty(1, device=DEVICE)),
