@@ -410,3 +410,21 @@ def test_splits_summed_by_the_last_program_and_samples_in_blocks(shape, channels
     for got, want in zip([x.grad] + [p.grad for p in params], expected_grads):
         torch.testing.assert_close(got.double(), want, rtol=1e-3, atol=1e-4)
     assert triton_sn._COUNTERS[x.device].count_nonzero() == 0
+
+
+@needs_triton
+def test_autotune_candidates_follow_the_layout_and_include_the_fixed_tiles():
+    """On a GPU the elementwise passes try tiles of the layout's family (long along M for
+    contiguous rows, along C for channels-last), always including the interpreter's tiles."""
+    configs = K._elementwise_configs()
+    for shape, channels_last in (((8, 64, 16 * 56 * 56), False), ((8, 64, 16 * 56 * 56), True),
+                                 ((2, 2048, 4 * 7 * 7), True), ((2, 3, 5), False)):
+        n, c, m = shape
+        strides = (c * m, 1, c) if channels_last else (c * m, m, 1)
+        rows = torch.empty_strided(shape, strides, device="meta")
+        kept = K.prune_layout(configs, {"C": c, "M": m, "stride_c": strides[1], "stride_m": strides[2]})
+        along_m = not channels_last or c == 1
+        assert kept and all((cfg.kwargs["BLOCK_C"] <= 4) == along_m for cfg in kept)
+        fixed = triton_sn._tiles(rows, triton_sn._ELEMENTWISE_TILE)
+        if fixed[0] * fixed[1] == triton_sn._ELEMENTWISE_TILE:  # a full tile: a candidate
+            assert any((cfg.kwargs["BLOCK_C"], cfg.kwargs["BLOCK_M"]) == fixed for cfg in kept), (shape, fixed)

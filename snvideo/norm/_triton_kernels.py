@@ -417,3 +417,38 @@ def _mix_backward_kernel(dot_ptr, sum_ptr, nc_ptr, ln_ptr, bn_ptr, mean_logits_p
                     g_in_v += g_bn_v[None, :]
             tl.store(a_ptr + idx, g_in_v * (2.0 / M), mask=ok)
             tl.store(b_ptr + idx, g_in_m / M, mask=ok)
+
+
+# --- tile and warp choices for the elementwise passes, tuned on the GPU -------------------------
+def _elementwise_configs() -> list:
+    """(BLOCK_C, BLOCK_M) x warps to try: long along M for contiguous rows, along C for
+    channels-last ones (`prune_layout` keeps the family that fits the layout). The launcher's
+    own choice (4096 elements, triton_sn._tiles) is among them."""
+    contiguous = [(1, 4096), (1, 2048), (1, 8192), (2, 2048), (4, 1024)]
+    channels_last = [(64, 64), (32, 128), (64, 128), (16, 256), (128, 32)]
+    return [triton.Config({"BLOCK_C": c, "BLOCK_M": m}, num_warps=w)
+            for c, m in contiguous + channels_last for w in (4, 8)]
+
+
+def prune_layout(configs, named_args, **kwargs):
+    """The configs that suit the rows' layout and size: contiguous rows (stride_m == 1, or one
+    channel) tile along M, channels-last rows along C; no tile much larger than the rows."""
+    c, m = named_args["C"], named_args["M"]
+    along_m = named_args["stride_m"] == 1 or c == 1
+    kept = [cfg for cfg in configs
+            if (cfg.kwargs["BLOCK_C"] <= 4) == along_m
+            and cfg.kwargs["BLOCK_C"] <= max(1, triton.next_power_of_2(c))
+            and cfg.kwargs["BLOCK_M"] <= max(16, triton.next_power_of_2(m))]
+    return kept or configs[:1]
+
+
+def tuned(kernel):
+    """`kernel` autotuned over _elementwise_configs, cached per (C, M, layout, index width):
+    the first call of a shape class on a GPU times the candidates, later calls reuse the pick."""
+    return triton.autotune(configs=_elementwise_configs(),
+                           key=["C", "M", "stride_c", "stride_m", "INDEX_64"],
+                           prune_configs_by={"early_config_prune": prune_layout})(kernel)
+
+
+_affine_kernel_tuned = tuned(_affine_kernel)
+_grad_input_kernel_tuned = tuned(_grad_input_kernel)

@@ -35,6 +35,7 @@ _MIX_TILE = 2048          # (N, C) values per tile in the one-program mixing ker
 _MIX_BLOCK_N = 64         # samples per tile there (larger batches are walked in blocks)
 _PROGRAMS_PER_SM = 4      # reduction programs per SM: enough to hide memory latency
 _COUNTERS: dict = {}      # per device: the reductions' completion counters (_counters)
+_AUTOTUNE = True          # GPU: autotune the elementwise passes' tiles (False: the fixed tiles)
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _INT32_LIMIT = 2**31 - 1
 
@@ -159,22 +160,29 @@ def elementwise_grid(n: int, c: int, m: int, block_c: int, block_m: int) -> tupl
     return (programs,)
 
 
-def _launch_elementwise(kernel, rows: Tensor, *args, grad_rows: Tensor | None = None) -> None:
+def _launch_elementwise(name: str, rows: Tensor, *args, grad_rows: Tensor | None = None) -> None:
+    """Launch elementwise kernel `name` over rows: on a GPU its autotuned version (tiles and
+    warps picked per shape class, _triton_kernels.tuned); in the interpreter, which cannot time
+    candidates, with the tiles of _tiles."""
     n, c, m = rows.shape
-    block_c, block_m = _tiles(rows, _ELEMENTWISE_TILE)
     g_strides = () if grad_rows is None else grad_rows.stride()
     big = needs_index_64(rows) or (grad_rows is not None and needs_index_64(grad_rows))
-    kernel[elementwise_grid(n, c, m, block_c, block_m)](
-        *args, *g_strides, c, m, *rows.stride(), BLOCK_C=block_c, BLOCK_M=block_m,
-        INDEX_64=big, HW_CAST=not interpreter_enabled())
+    if interpreter_enabled() or not _AUTOTUNE:
+        block_c, block_m = _tiles(rows, _ELEMENTWISE_TILE)
+        getattr(_kernels(), name)[elementwise_grid(n, c, m, block_c, block_m)](
+            *args, *g_strides, c, m, *rows.stride(), BLOCK_C=block_c, BLOCK_M=block_m,
+            INDEX_64=big, HW_CAST=not interpreter_enabled())
+        return
+    getattr(_kernels(), f"{name}_tuned")[
+        lambda meta: elementwise_grid(n, c, m, meta["BLOCK_C"], meta["BLOCK_M"])](
+        *args, *g_strides, c, m, *rows.stride(), INDEX_64=big, HW_CAST=True)
 
 
 def affine(x: Tensor, center: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     """(x - center) * scale + shift with (N, C) float32 coefficients, in x's dtype and layout."""
     rows = _rows(x)
     y = torch.empty_like(rows)  # keeps the row strides: contiguous or channels-last
-    _launch_elementwise(_kernels()._affine_kernel, rows, rows, y, _f32(center), _f32(scale),
-                        _f32(shift))
+    _launch_elementwise("_affine_kernel", rows, rows, y, _f32(center), _f32(scale), _f32(shift))
     return _restore(y, x)
 
 
@@ -196,8 +204,8 @@ def grad_input(grad_y: Tensor, x: Tensor, center: Tensor, scale: Tensor, a: Tens
     rows = _rows(x)
     g_rows = _grad_rows(grad_y, rows)
     dx = torch.empty_like(rows)
-    _launch_elementwise(_kernels()._grad_input_kernel, rows, g_rows, rows, dx, _f32(center),
-                        _f32(scale), _f32(a), _f32(b), grad_rows=g_rows)
+    _launch_elementwise("_grad_input_kernel", rows, g_rows, rows, dx, _f32(center), _f32(scale),
+                        _f32(a), _f32(b), grad_rows=g_rows)
     return _restore(dx, x)
 
 
