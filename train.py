@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from snvideo.config import Config, ConfigError, TestConfig, load_config, save_config
 from snvideo.data.datasets import ResumableSampler, collate_clips
@@ -40,6 +39,7 @@ from snvideo.engine.nonfinite import (NonFiniteGuard, NonFiniteLossError, guarde
 from snvideo.engine.resume import (EpochTotals, ResumePoint, StopRequest, choose_checkpoint,
                                    load_scaler_state, resume_point, truncate_metrics)
 from snvideo.norm import convert_sync_switchnorm, recompute_norm_stats
+from snvideo.progress import progress
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "demo.yaml")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -289,8 +289,8 @@ def train_one_epoch(model: nn.Module, ddp, loader: DataLoader, optimizer, schedu
     updates_per_epoch = micro_batches // t.accumulate
     autocast = torch.autocast(env.device.type, dtype=AMP_DTYPES[t.amp]) if t.amp != "off" \
         else contextlib.nullcontext()
-    bar = tqdm(total=micro_batches, initial=start_batch, desc=f"epoch {epoch + 1}/{t.epochs}",
-               disable=not env.is_main, dynamic_ncols=True, leave=False)
+    bar = progress(total=micro_batches, initial=start_batch, desc=f"epoch {epoch + 1}/{t.epochs}",
+                   unit="batch", disable=not env.is_main)  # lines in a log file, a bar on a terminal
     guard = NonFiniteGuard(env.device, t.amp == "fp16", t.max_nonfinite, totals.consecutive_skips)
 
     def iteration(step: int) -> str:
@@ -332,7 +332,8 @@ def train_one_epoch(model: nn.Module, ddp, loader: DataLoader, optimizer, schedu
                 clips_per_s = window_clips / max(now - window_start, 1e-9)
                 lr = optimizer.param_groups[0]["lr"]
                 avg_loss = totals.loss_sum / max(totals.loss_count, 1)
-                bar.set_postfix(loss=f"{avg_loss:.3f}", lr=f"{lr:.2e}", clips_s=f"{clips_per_s:.1f}")
+                bar.set_postfix(iteration=epoch * micro_batches + step + 1, loss=f"{avg_loss:.3f}",
+                                lr=f"{lr:.2e}", **{"clips/s": f"{clips_per_s:.1f}"})
                 logbook.log("train", epoch * micro_batches + step + 1, loss=avg_loss, lr=lr,
                             clips_per_s=clips_per_s)
                 window_start, window_clips = now, 0

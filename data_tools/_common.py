@@ -92,12 +92,12 @@ def pool_map(fn: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator
 
 
 def progress(iterable: Iterable[T], total: int, desc: str) -> Iterable[T]:
-    """A tqdm bar on an interactive stderr, the bare iterable otherwise."""
-    if not sys.stderr.isatty():
-        return iterable
-    from tqdm import tqdm
+    """A tqdm bar on a terminal, else a plain line every 5% of the videos on stderr (stdout
+    keeps the tools' results parseable); snvideo.progress."""
+    from snvideo.progress import progress as lines_or_bar
 
-    return tqdm(iterable, total=total, desc=desc, unit="video", leave=False)
+    return lines_or_bar(iterable, total=total, desc=desc, unit="video",
+                        every=max(1, total // 20), file=sys.stderr)
 
 
 def tmp_name(path: Path) -> Path:

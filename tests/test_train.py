@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -93,6 +94,12 @@ def test_training_lowers_loss_and_writes_outputs(tmp_path, tiny_data, capsys):
     assert (work / "config.yaml").exists() and (work / "epoch_4.pt").exists()
     importance = json.loads((work / "sn_importance.json").read_text())
     assert importance and set(importance[0]["mean"]) == {"IN", "LN", "BN"}
+    # stdout is not a terminal here: plain progress lines, no bar's carriage returns
+    captured = capsys.readouterr()
+    assert "\r" not in captured.out and "\r" not in captured.err
+    lines = [line for line in captured.out.splitlines() if line.startswith("epoch 4/4 ") and "iteration" in line]
+    assert lines and all(re.search(r"\d+/\d+ \(\d+%\) iteration \d+ loss \d+\.\d+ lr \S+ clips/s \S+ "
+                                   r"\S+ batch/s ETA \d+:\d\d:\d\d$", line) for line in lines), lines
 
 
 def test_accumulation_matches_larger_batch(tmp_path, tiny_data):

@@ -258,12 +258,14 @@ def _settings(test_cfg: Any, env: DistEnv, seconds: float) -> dict:
 
 
 def _progress(loader: DataLoader, total: int, enabled: bool, world_size: int):
+    """A bar on a terminal, a line every 5% of the videos in a log file (snvideo.progress)."""
     if not enabled:
         return loader
-    from tqdm import tqdm
+    from snvideo.progress import progress
 
     desc = "test" if world_size == 1 else f"test (rank 0 of {world_size})"
-    return tqdm(loader, total=total, desc=desc, unit="video", dynamic_ncols=True)
+    return progress(loader, total=total, desc=desc, unit="video", every=max(1, total // 20),
+                    leave=True)
 
 
 def predict_video(model: nn.Module, path: str, test_cfg: Any, data_cfg: Any,
