@@ -53,38 +53,6 @@ def fail(message: str, status: int = 2) -> int:
     return status
 
 
-def class_names(checkpoint: dict, checkpoint_path: str) -> list[str]:
-    names = checkpoint.get("classes")
-    if names:
-        return [str(n) for n in names]
-    label_map = os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), "label_map.txt")
-    if os.path.isfile(label_map):
-        with open(label_map) as f:
-            return [line.strip() for line in f if line.strip()]
-    return []
-
-
-def load_model(cfg: Config, checkpoint: dict, names: list[str]):
-    """The config's architecture with the checkpoint's weights (ConfigError on a mismatch)."""
-    from snvideo.engine.builders import model_from_config
-
-    state = checkpoint.get("model")
-    if not isinstance(state, dict):
-        raise ConfigError("checkpoint has no 'model' state dict")
-    fc = state.get("fc.weight")
-    num_classes = int(fc.shape[0]) if fc is not None else (len(names) or cfg.model.num_classes)
-    if not num_classes:
-        raise ConfigError("cannot tell the number of classes: set model.num_classes")
-    model = model_from_config(cfg.model, num_classes)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        detail = " ".join(str(e).split())[:300]
-        raise ConfigError(f"checkpoint weights do not fit model.arch={cfg.model.arch} "
-                          f"norm={cfg.model.norm}: {detail}") from None
-    return model
-
-
 def place_model(model, cfg: Config, device) -> None:
     """Move the model to `device` in the training's memory format; cuDNN autotuning on CUDA.
     (The test runs under the training's autocast dtype too: train.amp, passed to evaluate.)"""
@@ -220,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"checkpoint not found: {args.checkpoint}")
     if args.video and int(os.environ.get("RANK", "0")) != 0:
         return 0  # single-video inference is one process's job
+    from snvideo.engine.builders import class_names, model_from_checkpoint
     from snvideo.engine.checkpoint import load_checkpoint
 
     try:
@@ -229,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_for_checkpoint(args.config, args.overrides, checkpoint, args.checkpoint)
         names = class_names(checkpoint, args.checkpoint)
-        model = load_model(cfg, checkpoint, names)
+        model = model_from_checkpoint(cfg, checkpoint, names)
         if args.video:
             return run_video(args, cfg, model, names)
         return run_dataset(args, cfg, model, names)

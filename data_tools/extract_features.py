@@ -45,22 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_model(cfg, checkpoint: dict):
-    from snvideo.config import ConfigError
-    from snvideo.engine.builders import model_from_config
-
-    state = checkpoint.get("model")
-    if not isinstance(state, dict) or "fc.weight" not in state:
-        raise ConfigError("checkpoint has no model state dict with a classifier 'fc'")
-    model = model_from_config(cfg.model, int(state["fc.weight"].shape[0]))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ConfigError(f"checkpoint weights do not fit model.arch={cfg.model.arch}: "
-                          f"{' '.join(str(e).split())[:300]}") from None
-    return model
-
-
 def feature_path(out_dir: str, video: str) -> str:
     return os.path.join(out_dir, os.path.splitext(video)[0] + ".npy")
 
@@ -131,7 +115,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"checkpoint not found: {args.checkpoint}")
     if not os.path.exists(args.ann):
         raise UsageError(f"--ann not found: {args.ann}")
-    from snvideo.engine.builders import eval_dataset
+    from snvideo.engine.builders import eval_dataset, model_from_checkpoint
     from snvideo.engine.checkpoint import load_checkpoint
     from snvideo.engine.distributed import cleanup, init_distributed
 
@@ -143,7 +127,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg = config_for_checkpoint(args.config, args.overrides, checkpoint, args.checkpoint)
         if args.root is not None:
             cfg.data.root = args.root
-        model = load_model(cfg, checkpoint)
+        model = model_from_checkpoint(cfg, checkpoint)
         dataset = eval_dataset(cfg, args.ann, cfg.test.num_clips, cfg.test.num_crops,
                                classes=[str(c) for c in checkpoint.get("classes") or []] or None)
     except ConfigError as e:

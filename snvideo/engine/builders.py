@@ -41,6 +41,38 @@ def model_from_config(model_cfg: ModelConfig, num_classes: int) -> nn.Module:
         raise ConfigError(f"model.arch_kwargs: {e}") from None
 
 
+def class_names(checkpoint: dict, checkpoint_path: str) -> list[str]:
+    """A checkpoint's class names: saved in it, else label_map.txt beside it, else none."""
+    names = checkpoint.get("classes")
+    if names:
+        return [str(n) for n in names]
+    label_map = os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), "label_map.txt")
+    if os.path.isfile(label_map):
+        with open(label_map) as f:
+            return [line.strip() for line in f if line.strip()]
+    return []
+
+
+def model_from_checkpoint(cfg: Config, checkpoint: dict, names: list[str] = ()) -> nn.Module:
+    """The config's architecture with the checkpoint's weights (ConfigError on a mismatch);
+    the class count from the checkpoint's classifier, else `names`, else model.num_classes."""
+    state = checkpoint.get("model")
+    if not isinstance(state, dict):
+        raise ConfigError("checkpoint has no 'model' state dict")
+    fc = state.get("fc.weight")
+    num_classes = int(fc.shape[0]) if fc is not None else (len(names) or cfg.model.num_classes)
+    if not num_classes:
+        raise ConfigError("cannot tell the number of classes: set model.num_classes")
+    model = model_from_config(cfg.model, num_classes)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
+        raise ConfigError(f"checkpoint weights do not fit model.arch={cfg.model.arch} "
+                          f"norm={cfg.model.norm}: {detail}") from None
+    return model
+
+
 def check_data_paths(cfg: Config, need_train: bool = True) -> None:
     """Raise ConfigError naming the first missing annotation file or folder, class file or
     video root (data.root may stay empty when every annotation is a folder of class folders)."""
