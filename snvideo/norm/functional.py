@@ -24,6 +24,7 @@ samples count with their element count, so uneven per-process batches are exact.
 """
 from __future__ import annotations
 
+import contextlib
 from types import SimpleNamespace
 from typing import NamedTuple
 
@@ -38,6 +39,20 @@ _CANCELLATION_LIMIT = 100.0
 # Backward works on row chunks of about this many elements: temporaries stay in cache and out of
 # the allocator's fresh-page path (large CPU allocations are page-faulted on every use).
 _CHUNK_ELEMENTS = 1 << 20
+_STANDARD_OPS = False  # see standard_ops()
+
+
+@contextlib.contextmanager
+def standard_ops():
+    """Within it, SN runs as switch_norm_reference: standard torch ops (mean, var, softmax,
+    rsqrt, ...), no custom op, Triton kernel or autograd.Function, so ONNX, torch.export and
+    TorchScript see an ordinary graph (snvideo.export)."""
+    global _STANDARD_OPS
+    previous, _STANDARD_OPS = _STANDARD_OPS, True
+    try:
+        yield
+    finally:
+        _STANDARD_OPS = previous
 
 
 def reduce_dims(x: Tensor) -> tuple[int, ...]:
@@ -383,6 +398,9 @@ def switch_norm(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tens
     The output has x's dtype, computed in float32 and rounded once (autocast does not apply).
     """
     params = (mean_weight, var_weight, weight, bias)
+    if _STANDARD_OPS:  # an exporter is tracing: plain torch ops every runtime knows
+        return switch_norm_reference(x, *params, running_mean, running_var, training, momentum,
+                                     eps, process_group)
     with _no_autocast(x):
         path = resolve_kernel(kernel, x)
         if path == "triton" and not _synced(process_group):
