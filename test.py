@@ -5,6 +5,8 @@
     torchrun --nproc_per_node=N test.py --checkpoint ... # videos split over N processes
     python test.py --checkpoint CKPT --video clip.mp4    # single video, top-5 classes
     python test.py --checkpoint CKPT --video clip.mp4 --out-video top5.mp4   # ... drawn on it
+    python test.py --checkpoint CKPT --video long.mp4 --timeline tl.json [--window-stride 1.0]
+                   [--timeline-plot tl.png] [--out-video tl.mp4]  # top-5 of a sliding window
     python test.py --checkpoint CKPT --out results.json --confusion confusion.png
     python test.py --checkpoint CKPT --recompute-norm-stats 200  # precise BN, then the test
 
@@ -36,6 +38,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--video", help="classify this one video and print its top-5 classes")
     parser.add_argument("--out-video", help="with --video: write it with the top-5 drawn on "
                         "its frames (.mp4 or .gif)")
+    parser.add_argument("--timeline", help="with --video: top-5 classes of a sliding window over "
+                        "the whole video, to this JSON file (streamed: any length)")
+    parser.add_argument("--window-stride", type=float, default=None, metavar="SECONDS",
+                        help="seconds between window starts (default: one window span)")
+    parser.add_argument("--timeline-plot", help="with --timeline: class probability over time "
+                        "(.png, .pdf, .svg; needs matplotlib)")
+    parser.add_argument("--timeline-batch", type=int, default=8, help="windows per forward")
     parser.add_argument("--confusion", help="draw the confusion matrix to this image (.png, "
                         ".pdf, .svg; needs matplotlib)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -72,10 +81,12 @@ def run_video(args: argparse.Namespace, cfg: Config, model, names: list[str]) ->
     from snvideo.data import VideoReadError
     from snvideo.evaluation import predict_video, top_k
 
-    if not os.path.isfile(args.video):
+    if "://" not in args.video and not os.path.isfile(args.video):  # URLs go to FFmpeg as they are
         return fail(f"video not found: {args.video}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     place_model(model, cfg, device)
+    if args.timeline:
+        return run_timeline(args, cfg, model, names, device)
     try:
         probs = predict_video(model, args.video, cfg.test, cfg.data, device,
                               amp=cfg.train.amp, channels_last=cfg.train.channels_last)
@@ -99,6 +110,57 @@ def run_video(args: argparse.Namespace, cfg: Config, model, names: list[str]) ->
         except VideoReadError as e:
             return fail(str(e), 1)
         print(f"{count} frames with the top-5 written to {args.out_video}")
+    return 0
+
+
+def run_timeline(args: argparse.Namespace, cfg: Config, model, names: list[str], device) -> int:
+    """--timeline: a window every --window-stride seconds over the whole video, streamed."""
+    import json
+
+    from snvideo.atomic import atomic_write_text
+    from snvideo.data import VideoReadError
+    from snvideo.evaluation.timeline import TimelineStats, plot_timeline, stream_windows, timeline_json
+
+    d = cfg.data
+    if args.window_stride is not None and not args.window_stride > 0:
+        return fail(f"--window-stride must be > 0, got {args.window_stride}")
+    if args.timeline_batch < 1:
+        return fail(f"--timeline-batch must be >= 1, got {args.timeline_batch}")
+    model.eval()
+    stats = TimelineStats()
+    try:
+        windows = list(stream_windows(model, args.video, d.clip_len, d.frame_interval,
+                                      d.short_side, d.crop_size, args.window_stride,
+                                      args.timeline_batch, device, d.rotation, stats))
+    except VideoReadError as e:
+        return fail(str(e), 1)
+    if not windows:
+        return fail(f"cannot read video {args.video}: no frames", 1)
+    result = timeline_json(windows, names)
+    atomic_write_text(args.timeline, json.dumps(result, indent=1) + "\n")
+    print(f"{len(windows)} windows of {d.clip_len}x{d.frame_interval} frames over "
+          f"{windows[-1].end:.1f} s ({stats.frames_decoded} frames decoded, at most "
+          f"{stats.max_frames_held} held) -> {args.timeline}")
+    for w in result["windows"][:3] + ([{"start": "...", "end": "...", "top5": [["...", 0]]}]
+                                      if len(windows) > 6 else []) + result["windows"][3:][-3:]:
+        print(f"  {w['start']}-{w['end']} s: {w['top5'][0][0]}")
+    if args.timeline_plot:
+        plot_timeline(windows, names, args.timeline_plot)
+        print(f"timeline plot written to {args.timeline_plot}")
+    if args.out_video:
+        from snvideo.analysis.overlay import overlay_lines, write_overlay_video
+
+        def lines_at(seconds: float) -> list[str]:
+            current = next((w for w in reversed(result["windows"]) if w["start"] <= seconds),
+                           result["windows"][0])
+            return overlay_lines([c for c, _ in current["top5"]], [p for _, p in current["top5"]])
+
+        try:
+            count = write_overlay_video(args.video, args.out_video, lines_at,
+                                        backend=d.backend, rotation=d.rotation)
+        except VideoReadError as e:
+            return fail(str(e), 1)
+        print(f"{count} frames with the current window's top-5 written to {args.out_video}")
     return 0
 
 

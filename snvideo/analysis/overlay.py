@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from fractions import Fraction
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -55,16 +55,21 @@ def _frames(path: str, backend: str, rotation: str) -> Iterator[tuple[np.ndarray
                 yield frame, fps
 
 
-def write_overlay_video(video: str, out_path: str, lines: Sequence[str], backend: str = "auto",
-                        min_short_side: int = 360, rotation: str = "auto") -> int:
-    """Write `video` with `lines` drawn on each frame to out_path (.mp4 or .gif); returns the
+def write_overlay_video(video: str, out_path: str,
+                        lines: Sequence[str] | Callable[[float], Sequence[str]],
+                        backend: str = "auto", min_short_side: int = 360,
+                        rotation: str = "auto") -> int:
+    """Write `video` with `lines` drawn on each frame to out_path (.mp4 or .gif); `lines` may
+    be a function of the frame's time in seconds (a timeline's current window). Returns the
     number of frames written (upright unless rotation="ignore", as VideoReader hands them
     out). Raises snvideo.data.VideoReadError for an unreadable video."""
     ext = os.path.splitext(out_path)[1].lower()
     if ext not in OUT_VIDEO_EXTENSIONS:
         raise ValueError(f"output video must end in {' or '.join(OUT_VIDEO_EXTENSIONS)}, got {out_path}")
     with atomic_output(out_path, f"{out_path}.tmp{os.getpid()}{ext}") as tmp:  # the writer reads ext
-        frames = ((draw_lines(frame, lines, min_short_side), fps) for frame, fps in _frames(video, backend, rotation))
+        lines_at = lines if callable(lines) else (lambda seconds: lines)
+        frames = ((draw_lines(frame, lines_at(i / fps), min_short_side), fps)
+                  for i, (frame, fps) in enumerate(_frames(video, backend, rotation)))
         return _write_gif(frames, tmp) if ext == ".gif" else _write_mp4(frames, tmp)
 
 
