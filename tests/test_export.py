@@ -107,3 +107,22 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, checkpoint, capsys):
             ([path, "--format", "onnx", "--out", tmp_path / "m.onnx", "--fold"], "fold_for_inference")):
         status, _, err = run_export(capsys, *argv)
         assert status == 2 and err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", ["bn", "gn", "in", "ln", "sn"])
+def test_every_norm_exports(tmp_path, norm):
+    """Each norm the project builds, in eval mode, through torch.export (the ONNX exporter's
+    front end) and ONNX Runtime."""
+    from snvideo.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model("resnet3d_10", 4, norm=norm, widen_factor=0.25, no_max_pool=True,
+                      conv1_t_size=3).eval()
+    example = torch.randn(1, 3, 8, 32, 32)  # res5 keeps 4 positions (IN needs more than one)
+    out = tmp_path / "m.onnx"
+    export.export_model(net, example, "onnx", str(out))
+    clips = torch.randn(2, 3, 8, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(export.run_exported("onnx", str(out), clips), net(clips),
+                                   rtol=1e-4, atol=1e-5)
