@@ -58,6 +58,8 @@ def export_model(net: nn.Module, example: torch.Tensor, fmt: str, out: str,
     dynamic, and T, H, W with `dynamic_thw`. ExportError names the first layer that fails."""
     from snvideo.norm import standard_ops
 
+    if example.shape[0] == 1:  # torch.export fixes dimensions traced at size 1: trace at 2
+        example = torch.cat([example, example])
     try:
         with standard_ops(), torch.no_grad():
             _export(net, example, fmt, out, dynamic_thw, opset)

@@ -90,3 +90,76 @@ def test_test_py_timeline_writes_json_plot_and_video(tmp_path, model, capsys):
     assert test_script.main(["--checkpoint", str(checkpoint), "--video", str(video),
                              "--timeline", str(out), "--window-stride", "0"]) == 2
     assert "--window-stride must be > 0" in capsys.readouterr().err
+
+
+class _ColourClassifier(torch.nn.Module):
+    """A model whose answer is known: the clip's dominant colour channel (0 red, 1 green, 2 blue)."""
+
+    def forward(self, clips):
+        return 10.0 * clips.mean(dim=(2, 3, 4))
+
+
+def test_the_top_class_follows_the_segments(tmp_path):
+    """A long video of three segments (red, green, blue scenes with texture): every window that
+    lies inside one segment names that segment's class."""
+    from snvideo.data.synthetic import write_video
+
+    rng = np.random.default_rng(0)
+    segments = [0, 1, 2, 0]
+    frames = []
+    for colour in segments:
+        for _ in range(50):
+            frame = rng.integers(0, 90, (96, 128, 3)).astype(np.uint8)
+            frame[..., colour] += 120
+            frames.append(frame)
+    video = tmp_path / "segments.mp4"
+    write_video(video, np.stack(frames), fps=25)
+    windows = list(stream_windows(_ColourClassifier(), str(video), CLIP_LEN, INTERVAL, SHORT, CROP,
+                                  stride_seconds=0.2, batch=4))
+    inside = [(w, segments[int(w.start * 25) // 50]) for w in windows
+              if int(w.start * 25) // 50 == (int(round(w.end * 25)) - 1) // 50]
+    assert len(inside) >= 0.6 * len(windows)
+    hits = sum(int(w.probs.argmax()) == segment for w, segment in inside)
+    assert hits >= 0.9 * len(inside), (hits, len(inside))
+
+
+# peak RSS of this process image: VmHWM (ru_maxrss would carry the forking parent's peak)
+_RSS_SCRIPT = """
+import sys, torch
+from snvideo.evaluation.timeline import stream_windows
+sys.path.insert(0, {tests!r})
+from test_timeline import _ColourClassifier
+count = sum(1 for _ in stream_windows(_ColourClassifier(), sys.argv[1], 8, 2, 240, 240, 0.5, 8))
+peak = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(count, peak)
+"""
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_as_the_video_grows(tmp_path):
+    """Peak RSS of a timeline over a 4x longer video (3600 frames of 320x240) is within 20% of
+    the 1x one; holding the cropped frames would add about 330 MB, 40% of the 1x peak
+    (checked by making the timeline keep them)."""
+    import subprocess
+
+    import av
+
+    base = np.linspace(0, 255, 320, dtype=np.float32)[None, :, None].repeat(240, 0).repeat(3, 2)
+    peaks = {}
+    for scale in (1, 4):
+        video = tmp_path / f"x{scale}.mp4"
+        with av.open(str(video), "w") as container:  # encoded as generated: no array of it all
+            stream = container.add_stream("libx264", rate=30)
+            stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+            stream.options = {"g": "30", "preset": "ultrafast"}
+            for i in range(900 * scale):
+                frame = np.roll(base, 3 * i, axis=1).astype(np.uint8)
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode())
+        out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT.format(tests=str(REPO / "tests")), str(video)],
+                             capture_output=True, text=True, timeout=600, cwd=REPO)
+        assert out.returncode == 0, out.stderr[-2000:]
+        windows, rss = map(int, out.stdout.split()[-2:])
+        assert windows >= 59 * scale
+        peaks[scale] = rss
+    assert peaks[4] <= 1.2 * peaks[1], peaks
