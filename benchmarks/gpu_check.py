@@ -16,7 +16,8 @@ reached, marked "partial", or is killed a minute after it):
            (benchmarks/bench_norm.py), wall time and, on CUDA, GPU time from CUDA events; the
            BN column names the backend torch picked for it (cuDNN or native)
   step     an i3d_r50 training step at 32x224x224 under bf16 autocast, channels_last_3d: SN, BN
-           and GN at 8 and 2 clips; time per step, ratio to BN, torch.cuda.max_memory_allocated
+           and GN at 8 and 2 clips; time per step, ratio to BN, torch.cuda.max_memory_allocated;
+           on CUDA also BN and SN with the whole step captured in a CUDA graph (replays)
   memory   the shipped i3d_r50 SN configs (1, 2, 4, 8 clips per GPU) x checkpoint_stages off/on
            x fp32/bf16: peak memory of a training step; an out-of-memory is recorded as OOM and
            the table goes on
@@ -273,12 +274,16 @@ def is_oom(e: BaseException) -> bool:
 
 def train_step_run(device: torch.device, arch: str, norm: str, clips: int, frames: int,
                    size: int, amp: bool, channels_last: bool, checkpoint: bool, steps: int,
-                   norm_kwargs: dict | None = None, arch_kwargs: dict | None = None) -> dict:
+                   norm_kwargs: dict | None = None, arch_kwargs: dict | None = None,
+                   graph: bool = False) -> dict:
     """Build the model, run 1 + `steps` training steps (forward, cross-entropy, backward, SGD):
     median s/step and, on CUDA, the peak allocated memory of the timed steps (model, gradients
     and optimizer state included) and the part above them. On CPU, "saved_mb" is what
     autograd keeps for backward in one step, parameters excluded (activation memory without
     the recompute peak).
+    graph=True (CUDA): the whole step (forward, backward, SGD) is captured once in a CUDA
+    graph after three warm-up steps on a side stream, and the timed steps are replays: what
+    is left of the step time when no host work is in it.
     Raises on out-of-memory; the caller records it."""
     if device.type == "cuda":  # what an earlier cell's out-of-memory left behind
         gc.collect()
@@ -294,13 +299,29 @@ def train_step_run(device: torch.device, arch: str, norm: str, clips: int, frame
     labels = torch.randint(0, 400, (clips,), device=device)
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=not graph):
             loss = F.cross_entropy(model(x).float(), labels)
         loss.backward()
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if not graph:  # a captured step keeps its gradient tensors (replays write into them)
+            optimizer.zero_grad(set_to_none=True)
 
     try:
+        if graph:
+            if device.type != "cuda":
+                raise RuntimeError("CUDA graphs need a CUDA device")
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):  # warm-up: autotuning, cuDNN search, buffers
+                for _ in range(3):
+                    optimizer.zero_grad(set_to_none=True)
+                    step()
+            torch.cuda.current_stream(device).wait_stream(side)
+            optimizer.zero_grad(set_to_none=True)
+            captured = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(captured):
+                step()
+            step = captured.replay  # the timed steps replay it
         step()  # gradients and optimizer state exist after this: the resting state
         sync(device)
         result: dict = {}
@@ -380,13 +401,19 @@ def section_step(section: Section, s: Settings, done: dict) -> None:
                       + " clips/s |", "|---|---|---|---|---|---|"]
     results = section.data.setdefault("rows", [])
     done["step"] = results
+    # on CUDA also the whole step captured in a CUDA graph: host overhead taken out
+    variants = [("bn", False), ("sn", False), ("gn", False)] + \
+        ([("bn", True), ("sn", True)] if s.cuda else [])
     for clips in s.step_clips:
         base = None
-        for norm in ("bn", "sn", "gn"):
+        for norm, graph in variants:
             check_cap(section)
             r = guarded_run(device=s.device, arch=s.arch, norm=norm, clips=clips,
                             frames=s.frames, size=s.size, amp=True, channels_last=True,
-                            checkpoint=False, steps=s.steps)
+                            checkpoint=False, steps=s.steps, graph=graph)
+            if graph:
+                norm = f"{norm} (CUDA graph)"
+                base = r["s_per_step"] if norm.startswith("bn") and r["status"] == "ok" else base
             results.append({"clips": clips, "norm": norm, **r})
             if r["status"] != "ok":
                 section.lines.append(f"| {clips} | {norm} | {r['status']} | | | |")
