@@ -284,10 +284,15 @@ def test_64_bit_offsets_give_the_same_results(monkeypatch):
     x = _input((3, 5, 2, 3, 4), True).requires_grad_()
     y32 = layer(x)
     (g32,) = torch.autograd.grad(y32.square().sum(), x)
-    monkeypatch.setattr(triton_sn, "needs_index_64", lambda rows: True)
+    monkeypatch.setattr(triton_sn, "needs_index_64", lambda *rows: True)
+    for plan in (triton_sn._reduce_plan, triton_sn._elementwise_plan):  # plans are cached per shape
+        plan.cache_clear()
     y64 = layer(x)
+    assert triton_sn._elementwise_plan(tuple(triton_sn._rows(x).shape), triton_sn._rows(x).stride(), ())[3]
     (g64,) = torch.autograd.grad(y64.square().sum(), x)
     assert torch.equal(y32, y64) and torch.equal(g32, g64)
+    for plan in (triton_sn._reduce_plan, triton_sn._elementwise_plan):
+        plan.cache_clear()
 
 
 # --- device ops per layer and step ----------------------------------------------------------

@@ -36,6 +36,7 @@ _MIX_BLOCK_N = 64         # samples per tile there (larger batches are walked in
 _PROGRAMS_PER_SM = 4      # reduction programs per SM: enough to hide memory latency
 _COUNTERS: dict = {}      # per device: the reductions' completion counters (_counters)
 _AUTOTUNE = True          # GPU: autotune the elementwise passes' tiles (False: the fixed tiles)
+EAGER_BODIES = True       # eager mode calls the ops' bodies directly (benchmarks/bench_host_overhead.py)
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _INT32_LIMIT = 2**31 - 1
 
@@ -115,24 +116,38 @@ def _counters(device: torch.device, count: int) -> Tensor:
     return counters
 
 
+@functools.lru_cache(maxsize=1024)
+def _reduce_plan(shape: tuple, strides: tuple, g_strides: tuple, device: torch.device
+                 ) -> tuple[int, int, int, int, int, bool]:
+    """(BLOCK_C, BLOCK_M, channel blocks, splits, chunk, INDEX_64) of a reduction over rows of
+    this shape and these strides: computed once per layer shape, not per step (host time)."""
+    rows = torch.empty_strided(shape, strides, device="meta")
+    n, c, m = shape
+    block_c, block_m = _tiles(rows, _REDUCE_TILE)
+    c_blocks = -(-c // block_c)
+    splits, chunk = _split(n, c_blocks, m, block_m, device)
+    big = needs_index_64(rows) or (bool(g_strides) and needs_index_64(
+        torch.empty_strided(shape, g_strides, device="meta")))
+    return block_c, block_m, c_blocks, splits, chunk, big
+
+
 def _reduce(kernel, rows: Tensor, *inputs: Tensor, firsts: bool = False,
             grad_rows: Tensor | None = None) -> tuple[Tensor, ...]:
     """Launch a reduction kernel over (N, C, M) rows. Returns its two (N, C) float32 totals,
     after the (N, C) row firsts when `firsts` (the moments kernel writes them).
     `grad_rows`: the gradient, whose strides the kernel takes before those of `rows`."""
     n, c, m = rows.shape
-    block_c, block_m = _tiles(rows, _REDUCE_TILE)
-    c_blocks = -(-c // block_c)
-    splits, chunk = _split(n, c_blocks, m, block_m, rows.device)
-    partials = rows.new_empty((2, splits, n, c), dtype=torch.float32)
-    totals = rows.new_empty((2, n, c), dtype=torch.float32)
-    outputs = ([rows.new_empty((n, c), dtype=torch.float32)] if firsts else []) \
-        + [partials[0], partials[1], totals[0], totals[1], _counters(rows.device, n * c_blocks)]
     g_strides = () if grad_rows is None else grad_rows.stride()
-    big = needs_index_64(rows) or (grad_rows is not None and needs_index_64(grad_rows))
+    block_c, block_m, c_blocks, splits, chunk, big = _reduce_plan(
+        tuple(rows.shape), rows.stride(), g_strides, rows.device)
+    # one allocation for the partial sums, the totals and the row firsts
+    work = rows.new_empty((2 * splits + 2 + int(firsts), n, c), dtype=torch.float32)
+    outputs = ([work[-1]] if firsts else []) + [work[:splits], work[splits:2 * splits],
+                                                work[2 * splits], work[2 * splits + 1],
+                                                _counters(rows.device, n * c_blocks)]
     kernel[(n, c_blocks, splits)](*inputs, *outputs, n, c, m, chunk, *g_strides, *rows.stride(),
                                   BLOCK_C=block_c, BLOCK_M=block_m, INDEX_64=big)
-    return (*outputs[:-5], totals[0], totals[1])
+    return (*outputs[:-5], work[2 * splits], work[2 * splits + 1])
 
 
 def moments(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -160,18 +175,29 @@ def elementwise_grid(n: int, c: int, m: int, block_c: int, block_m: int) -> tupl
     return (programs,)
 
 
+@functools.lru_cache(maxsize=1024)
+def _elementwise_plan(shape: tuple, strides: tuple, g_strides: tuple
+                      ) -> tuple[int, int, tuple[int], bool, bool]:
+    """(BLOCK_C, BLOCK_M, grid, INDEX_64, interpreted) of an elementwise pass, once per shape."""
+    rows = torch.empty_strided(shape, strides, device="meta")
+    block_c, block_m = _tiles(rows, _ELEMENTWISE_TILE)
+    big = needs_index_64(rows) or (bool(g_strides) and needs_index_64(
+        torch.empty_strided(shape, g_strides, device="meta")))
+    return block_c, block_m, elementwise_grid(*shape, block_c, block_m), big, interpreter_enabled()
+
+
 def _launch_elementwise(name: str, rows: Tensor, *args, grad_rows: Tensor | None = None) -> None:
     """Launch elementwise kernel `name` over rows: on a GPU its autotuned version (tiles and
     warps picked per shape class, _triton_kernels.tuned); in the interpreter, which cannot time
     candidates, with the tiles of _tiles."""
     n, c, m = rows.shape
     g_strides = () if grad_rows is None else grad_rows.stride()
-    big = needs_index_64(rows) or (grad_rows is not None and needs_index_64(grad_rows))
-    if interpreter_enabled() or not _AUTOTUNE:
-        block_c, block_m = _tiles(rows, _ELEMENTWISE_TILE)
-        getattr(_kernels(), name)[elementwise_grid(n, c, m, block_c, block_m)](
+    block_c, block_m, grid, big, interpreted = _elementwise_plan(tuple(rows.shape), rows.stride(),
+                                                                 g_strides)
+    if interpreted or not _AUTOTUNE:
+        getattr(_kernels(), name)[grid](
             *args, *g_strides, c, m, *rows.stride(), BLOCK_C=block_c, BLOCK_M=block_m,
-            INDEX_64=big, HW_CAST=not interpreter_enabled())
+            INDEX_64=big, HW_CAST=not interpreted)
         return
     getattr(_kernels(), f"{name}_tuned")[
         lambda meta: elementwise_grid(n, c, m, meta["BLOCK_C"], meta["BLOCK_M"])](
@@ -328,6 +354,11 @@ def _(grad_y, x, nc, ln, bn, mean_weight, var_weight, weight, bias, use_batch_st
             torch.empty_like(var_weight), torch.empty_like(weight), torch.empty_like(bias))
 
 
+def _through_ops() -> bool:
+    """Whether to call the custom ops (torch.compile must see them) rather than their bodies."""
+    return torch.compiler.is_compiling() or not EAGER_BODIES
+
+
 class _SwitchNormTriton(torch.autograd.Function):
     """Autograd around the two ops (a mutating op cannot carry a registered autograd formula).
     The statistics outputs get no gradient, so none is materialized; gradients nobody needs
@@ -336,9 +367,11 @@ class _SwitchNormTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, mean_weight, var_weight, weight, bias, running_mean, running_var,
                 use_batch, eps, momentum):
-        y, nc, ln, bn = torch.ops.snvideo.switch_norm(x, mean_weight, var_weight, weight, bias,
-                                                      running_mean, running_var, use_batch, eps,
-                                                      momentum)
+        # the custom op for torch.compile to see; in eager mode its body, called directly:
+        # the op's dispatch would add host time to every layer of every step
+        op = torch.ops.snvideo.switch_norm if _through_ops() else forward
+        y, nc, ln, bn = op(x, mean_weight, var_weight, weight, bias, running_mean, running_var,
+                           use_batch, eps, momentum)
         ctx.save_for_backward(x, nc, ln, bn, mean_weight, var_weight, weight, bias)
         ctx.use_batch = use_batch or running_mean is None
         ctx.set_materialize_grads(False)
@@ -350,8 +383,11 @@ class _SwitchNormTriton(torch.autograd.Function):
         needs = ctx.needs_input_grad
         if grad_y is None or not any(needs[:5]):
             return (None,) * 10
-        grads = torch.ops.snvideo.switch_norm_backward(grad_y, *ctx.saved_tensors, ctx.use_batch,
-                                                       needs[0])
+        if _through_ops():
+            grads = torch.ops.snvideo.switch_norm_backward(grad_y, *ctx.saved_tensors,
+                                                           ctx.use_batch, needs[0])
+        else:
+            grads = backward(grad_y, *ctx.saved_tensors, ctx.use_batch, needs[0])
         return (*(g if need else None for g, need in zip(grads, needs[:5])),) + (None,) * 5
 
 
