@@ -157,15 +157,15 @@ def sequential_frames(path: str, wanted: set[int],
     them, and the number of frames it yields: what the reader's frame i is by definition."""
     import av
 
-    from snvideo.data.containers import UPRIGHT, Orientation
+    from snvideo.data.containers import Orientation
 
     frames: dict[int, np.ndarray] = {}
     count = 0
     with av.open(path, metadata_errors="ignore") as container:
         for frame in container.decode(container.streams.video[0]):
             if count in wanted:
-                turn = Orientation.from_degrees(frame.rotation) if rotation == "auto" else UPRIGHT
-                frames[count] = turn.to_display(frame.to_ndarray(format="rgb24"))
+                frames[count] = Orientation.of_frame(frame, rotation).to_display(
+                    frame.to_ndarray(format="rgb24"))
             count += 1
     return frames, count
 

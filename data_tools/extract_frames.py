@@ -65,7 +65,7 @@ def extract_one(task: Task) -> Result:
     import numpy as np
     from PIL import Image
 
-    from snvideo.data.containers import UPRIGHT, Orientation
+    from snvideo.data.containers import Orientation
 
     final = Path(task.out_root) / task.rel
     if final.is_dir():
@@ -80,8 +80,7 @@ def extract_one(task: Task) -> Result:
             n = 0
             for frame in container.decode(stream):
                 # each decoded frame carries its display rotation (VideoReader's orientation)
-                turn = (Orientation.from_degrees(frame.rotation) if task.rotation == "auto"
-                        else UPRIGHT)
+                turn = Orientation.of_frame(frame, task.rotation)
                 shown_h, shown_w = turn.display_size(frame.height, frame.width)
                 w, h = scaled_size(shown_w, shown_h, task.short_side)
                 if turn.quarter_turns % 2:

@@ -83,7 +83,7 @@ def resize_one(task: Task) -> Result:
     from av.video.frame import PictureType
 
     from snvideo.atomic import atomic_output
-    from snvideo.data.containers import UPRIGHT, Orientation
+    from snvideo.data.containers import Orientation
 
     dst = Path(task.dst)
     if dst.exists():
@@ -101,8 +101,7 @@ def resize_one(task: Task) -> Result:
                 ostream = None
                 for frame in src.decode(istream):
                     # each decoded frame carries its display rotation (VideoReader's orientation)
-                    turn = (Orientation.from_degrees(frame.rotation) if task.rotation == "auto"
-                            else UPRIGHT)
+                    turn = Orientation.of_frame(frame, task.rotation)
                     if ostream is None:  # size known from the first decoded frame
                         shown_h, shown_w = turn.display_size(frame.height, frame.width)
                         w, h = even_size(shown_w, shown_h, task.short_side)

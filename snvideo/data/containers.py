@@ -69,6 +69,12 @@ class Orientation:
         return cls(int(round(degrees / 90.0)) % 4)
 
     @classmethod
+    def of_frame(cls, frame, rotation: str = "auto") -> Orientation:
+        """How a decoded PyAV frame is turned for display under the `data.rotation` setting:
+        by its own display matrix with "auto", not at all with "ignore"."""
+        return cls.from_degrees(frame.rotation) if rotation == "auto" else UPRIGHT
+
+    @classmethod
     def from_matrix(cls, a: int, b: int, c: int, d: int) -> Orientation:
         """From the rotation part of an MP4 track header's matrix (a, b, c, d), the angle
         FFmpeg gives the decoded frames (av_display_rotation_get). A mirror in the matrix is

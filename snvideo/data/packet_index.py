@@ -94,8 +94,9 @@ def build_index(container, stream) -> PacketIndex:
         demux_error = short_message(err)
     if invented:
         # AVI numbers chunks by dts, also the empty ones its demuxer does not hand out
-        index = count_index(packets, _has_b_frames(stream), "avi" in containers.format_names(container))
-        index.chunks_seen = max(seen, last_dts) if "avi" in containers.format_names(container) else seen
+        avi = "avi" in containers.format_names(container)
+        index = count_index(packets, _has_b_frames(stream), avi)
+        index.chunks_seen = max(seen, last_dts) if avi else seen
     else:
         index = pts_index(packets, containers.seeks_by_dts(container), _has_b_frames(stream))
         index.chunks_seen = seen

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from snvideo.data import IMAGENET_MEAN, IMAGENET_STD, VideoReadError, normalize_views
-from snvideo.data.containers import UPRIGHT, Orientation
+from snvideo.data.containers import Orientation
 from snvideo.data.transforms import center_crop_box, resize_short_side
 
 
@@ -104,9 +104,7 @@ def _wanted(index: int, next_start: int, stride: int, span: int, interval: int) 
 
 def _cut(frame, rotation: str, short_side: int, crop_size: int) -> torch.Tensor:
     """One decoded frame as a test clip's frame: upright, short side resized, center crop."""
-    rgb = frame.to_ndarray(format="rgb24")
-    if rotation == "auto":
-        rgb = Orientation.from_degrees(frame.rotation).to_display(rgb)
+    rgb = Orientation.of_frame(frame, rotation).to_display(frame.to_ndarray(format="rgb24"))
     image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)  # (3, H, W)
     resized = resize_short_side(image.unsqueeze(0), short_side)[0]
     top, left, h, w = center_crop_box(resized.shape[-2], resized.shape[-1], crop_size)

@@ -121,14 +121,17 @@ def _reduce_plan(shape: tuple, strides: tuple, g_strides: tuple, device: torch.d
                  ) -> tuple[int, int, int, int, int, bool]:
     """(BLOCK_C, BLOCK_M, channel blocks, splits, chunk, INDEX_64) of a reduction over rows of
     this shape and these strides: computed once per layer shape, not per step (host time)."""
-    rows = torch.empty_strided(shape, strides, device="meta")
     n, c, m = shape
-    block_c, block_m = _tiles(rows, _REDUCE_TILE)
+    block_c, block_m = _tiles(torch.empty_strided(shape, strides, device="meta"), _REDUCE_TILE)
     c_blocks = -(-c // block_c)
     splits, chunk = _split(n, c_blocks, m, block_m, device)
-    big = needs_index_64(rows) or (bool(g_strides) and needs_index_64(
-        torch.empty_strided(shape, g_strides, device="meta")))
-    return block_c, block_m, c_blocks, splits, chunk, big
+    return block_c, block_m, c_blocks, splits, chunk, _index_64(shape, strides, g_strides)
+
+
+def _index_64(shape: tuple, strides: tuple, g_strides: tuple) -> bool:
+    """needs_index_64 for rows of `shape` with x's `strides` and, when given, the gradient's."""
+    return needs_index_64(*(torch.empty_strided(shape, s, device="meta")
+                            for s in (strides, g_strides) if s))
 
 
 def _reduce(kernel, rows: Tensor, *inputs: Tensor, firsts: bool = False,
@@ -179,11 +182,9 @@ def elementwise_grid(n: int, c: int, m: int, block_c: int, block_m: int) -> tupl
 def _elementwise_plan(shape: tuple, strides: tuple, g_strides: tuple
                       ) -> tuple[int, int, tuple[int], bool, bool]:
     """(BLOCK_C, BLOCK_M, grid, INDEX_64, interpreted) of an elementwise pass, once per shape."""
-    rows = torch.empty_strided(shape, strides, device="meta")
-    block_c, block_m = _tiles(rows, _ELEMENTWISE_TILE)
-    big = needs_index_64(rows) or (bool(g_strides) and needs_index_64(
-        torch.empty_strided(shape, g_strides, device="meta")))
-    return block_c, block_m, elementwise_grid(*shape, block_c, block_m), big, interpreter_enabled()
+    block_c, block_m = _tiles(torch.empty_strided(shape, strides, device="meta"), _ELEMENTWISE_TILE)
+    return (block_c, block_m, elementwise_grid(*shape, block_c, block_m),
+            _index_64(shape, strides, g_strides), interpreter_enabled())
 
 
 def _launch_elementwise(name: str, rows: Tensor, *args, grad_rows: Tensor | None = None) -> None:
