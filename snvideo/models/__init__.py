@@ -1,5 +1,5 @@
 """Video backbones with any normalization: torchvision's r3d_18 / mc3_18 / r2plus1d_18, Hara's
-3D-ResNets, I3D-ResNets.
+3D-ResNets, I3D-ResNets, X3D (x3d_xs/s/m/l, PySlowFast names).
 
     model = build_model("i3d_r50", num_classes=400, norm="sn")
     load_pretrained_2d(model, "resnet50.pth")   # ImageNet 2D weights, inflated
@@ -23,12 +23,14 @@ from .inflate import InflateResult, inflate_2d, load_pretrained_2d
 from .pretrained import PretrainedError, PretrainedResult, detect_format, load_pretrained
 from .resnet import ResNet3d, ResNetSpec
 from .resnet3d import HARA_SPECS, VIDEO_SPECS, VideoResNet, hara_resnet3d, video_resnet
+from .x3d import X3D, X3D_PRESETS, x3d
 
 # arch name -> constructor(num_classes, make_norm, dropout, **arch_kwargs)
 ARCHS: dict[str, Callable[..., nn.Module]] = {
     **{name: partial(video_resnet, name) for name in VIDEO_SPECS},
     **{name: partial(hara_resnet3d, name) for name in HARA_SPECS},
     **{name: partial(i3d_resnet, name) for name in I3D_SPECS},
+    **{name: partial(x3d, name) for name in X3D_PRESETS},
 }
 
 
@@ -40,6 +42,9 @@ def build_model(arch: str, num_classes: int, norm: str = "sn",
     arch_kwargs, all archs: zero_init_last_norm (bool), checkpoint_stages (bool).
     resnet3d_*: conv1_t_size (7), conv1_t_stride (1), no_max_pool (False), widen_factor (1.0).
     i3d_*: conv1_stride_t (2), pool1_stride_t (2), pool2 (True).
+    x3d_xs/s/m/l: width_factor, depth_factor (the preset's), head_width (2048). Their inputs are
+    data: X3D_PRESETS[arch].frames x .stride (XS 4x12, S 13x6, M 16x5, L 16x5), .train_crop /
+    .test_crop (160/182, 160/182, 224/256, 312/356).
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; valid archs: {', '.join(ARCHS)}")
