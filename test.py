@@ -9,6 +9,7 @@
                    [--timeline-plot tl.png] [--out-video tl.mp4]  # top-5 of a sliding window
     python test.py --checkpoint CKPT --out results.json --confusion confusion.png
     python test.py --checkpoint CKPT --recompute-norm-stats 200  # precise BN, then the test
+    python test.py --checkpoint CKPT --fold   # one-hot SN/SSN layers as plain (BN: in the conv)
 
 --config is optional: without it the config saved in the checkpoint is used; dotted
 overrides apply on top of either (e.g. test.num_clips=4 test.num_crops=1 data.root=/data/k400).
@@ -52,6 +53,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="before testing, recompute the BN / SN running statistics as the "
                         "average over N training batches of data.batch_size clips (precise BN; "
                         "SN's batch average)")
+    parser.add_argument("--fold", action="store_true",
+                        help="test the model with its one-hot SN / SSN layers replaced by the "
+                        "plain layer each chose (BN folded into the conv before it); prints "
+                        "which layers stayed SN and why (snvideo.norm.fold_for_inference)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. test.num_clips=4")
     return parser.parse_intermixed_args(argv)
@@ -261,6 +266,18 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_for_checkpoint(args.config, args.overrides, checkpoint, args.checkpoint)
         names = class_names(checkpoint, args.checkpoint)
         model = model_from_checkpoint(cfg, checkpoint, names)
+        if args.fold:
+            import torch
+
+            from snvideo.norm import fold_for_inference
+
+            if args.recompute_norm_stats:
+                return fail("--fold uses the checkpoint's running statistics: it does not go "
+                            "with --recompute-norm-stats")
+            d = cfg.data
+            model, report = fold_for_inference(
+                model, probe=torch.randn(1, 3, d.clip_len, d.crop_size, d.crop_size))
+            print(report)
         if args.video:
             return run_video(args, cfg, model, names)
         return run_dataset(args, cfg, model, names)

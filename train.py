@@ -38,7 +38,7 @@ from snvideo.engine.nonfinite import (NonFiniteGuard, NonFiniteLossError, guarde
                                       poison_if_nonfinite)
 from snvideo.engine.resume import (EpochTotals, ResumePoint, StopRequest, choose_checkpoint,
                                    load_scaler_state, resume_point, truncate_metrics)
-from snvideo.norm import convert_sync_switchnorm, recompute_norm_stats
+from snvideo.norm import convert_sync_switchnorm, recompute_norm_stats, set_sparsity_radius
 from snvideo.progress import progress
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "demo.yaml")
@@ -311,6 +311,8 @@ def train_one_epoch(model: nn.Module, ddp, loader: DataLoader, optimizer, schedu
         clips = to_model_input(clips, env.device, getattr(loader.dataset, "transform", None),
                                t.channels_last)
         labels = labels.to(env.device, non_blocking=True)
+        # Sparse SN: the sparsestmax radius grows from 0 to 1 over all of training
+        set_sparsity_radius(model, (epoch * micro_batches + step) / (t.epochs * micro_batches))
         last_in_group = (step + 1) % t.accumulate == 0
         no_sync = ddp.no_sync() if ddp is not None and not last_in_group else contextlib.nullcontext()
         with no_sync:

@@ -157,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint written by train.py")
     p.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
     p.add_argument("--out", required=True, help="the exported file (.pt2 for --format exported)")
-    p.add_argument("--fold", action="store_true", help="fold SN layers whose choice is one-hot "
-                   "into plain layers first (needs snvideo.norm.fold_for_inference)")
+    p.add_argument("--fold", action="store_true", help="first replace SN / SSN layers whose "
+                   "choice is one-hot by the plain layer they chose (BN folded into the conv "
+                   "before it; snvideo.norm.fold_for_inference) and print what stayed SN")
     p.add_argument("--preprocess", action="store_true",
                    help="uint8 (N, 3, T, H, W) input, normalization inside the graph")
     p.add_argument("--dynamic-thw", action="store_true",
@@ -203,17 +204,14 @@ def _run(args: argparse.Namespace) -> int:
         raise _UsageError(" ".join(str(err).split())) from None
     except Exception as err:  # noqa: BLE001 - an unreadable checkpoint
         raise _UsageError(f"cannot read checkpoint {args.checkpoint}: {_one_line(err)}") from None
-    if args.fold:
-        from snvideo import norm
-
-        if not hasattr(norm, "fold_for_inference"):
-            raise _UsageError("--fold: this version has no snvideo.norm.fold_for_inference "
-                              "(SN folding); export without --fold")
-        model, report = norm.fold_for_inference(model)
-        print(report)
     names = names or [str(i) for i in range(model.fc.out_features)]
     d = cfg.data
     shape = (2, 3, d.clip_len, d.crop_size, d.crop_size)
+    if args.fold:
+        from snvideo.norm import fold_for_inference
+
+        model, report = fold_for_inference(model, probe=torch.randn(shape))
+        print(report)
     if args.preprocess:
         from snvideo.data import IMAGENET_MEAN, IMAGENET_STD
 

@@ -12,9 +12,10 @@ from snvideo.norm.functional import switch_norm_reference
 
 
 def reference_sn(x, mean_logits, var_logits, weight, bias, running_mean=None, running_var=None,
-                 eps=1e-5):
+                 eps=1e-5, importance=lambda logits: torch.softmax(logits.double(), 0)):
     """SN written directly from the paper's equations, in float64. BN statistics come from the
-    batch unless running statistics are given (eval mode)."""
+    batch unless running statistics are given (eval mode). `importance` maps logits to mixing
+    weights (softmax; Sparse SN passes sparsestmax)."""
     x = x.double()
     s_dims = tuple(range(2, x.dim()))
     mean_in = x.mean(s_dims, keepdim=True)
@@ -32,8 +33,8 @@ def reference_sn(x, mean_logits, var_logits, weight, bias, running_mean=None, ru
         else:
             means.append(running_mean.double().reshape(shape))
             variances.append(running_var.double().reshape(shape))
-    wm = torch.softmax(mean_logits.double(), 0)
-    wv = torch.softmax(var_logits.double(), 0)
+    wm = importance(mean_logits.double())
+    wv = importance(var_logits.double())
     mean = sum(w * m for w, m in zip(wm, means))
     var = sum(w * v for w, v in zip(wv, variances))
     shape = (1, -1) + (1,) * len(s_dims)
@@ -227,7 +228,7 @@ def test_factory_builds_every_kind(kind, dim):
 
 
 def test_factory_errors():
-    with pytest.raises(ValueError, match="valid kinds: bn, syncbn, gn, in, ln, sn, syncsn"):
+    with pytest.raises(ValueError, match="valid kinds: bn, syncbn, gn, in, ln, sn, syncsn, ssn, syncssn"):
         build_norm("batchnorm", 8)
     with pytest.raises(ValueError, match="num_groups"):
         build_norm("gn", 10, num_groups=4)

@@ -41,13 +41,13 @@ def _layer(channels, using_bn, training, kernel="triton", cls=SwitchNorm3d, seed
     return randomize(cls(channels, using_bn=using_bn, kernel=kernel)).to(DEVICE).train(training)
 
 
-def _reference_outputs(layer, x, grad_out, training):
+def _reference_outputs(layer, x, grad_out, training, **importance):
     """float64 output and gradients (x, then each parameter) through the paper's formulas."""
     x64 = x.detach().double().requires_grad_()
     params = [p.detach().double().requires_grad_() for p in
               (layer.mean_weight, layer.var_weight, layer.weight, layer.bias)]
     y = reference_sn(x64, *params, None if training else layer.running_mean,
-                     None if training else layer.running_var)
+                     None if training else layer.running_var, **importance)
     y.backward(grad_out.double())
     return y.detach(), [x64.grad] + [p.grad for p in params]
 
@@ -65,6 +65,30 @@ def test_triton_matches_float64_reference(shape, channels_last, using_bn, traini
     assert y.shape == x.shape and y.dtype == x.dtype
     if channels_last:
         assert y.is_contiguous(memory_format=torch.channels_last_3d)
+    y.backward(grad_out)
+    torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4)
+    params = [layer.mean_weight, layer.var_weight, layer.weight, layer.bias]
+    for got, want in zip([x.grad] + [p.grad for p in params], expected_grads):
+        torch.testing.assert_close(got.double(), want, rtol=1e-3, atol=1e-4)
+
+
+@needs_triton
+@pytest.mark.parametrize("shape,channels_last", CASES[:2])
+@pytest.mark.parametrize("training", [True, False])
+def test_triton_ssn_matches_float64_reference(shape, channels_last, training):
+    """Sparse SN on the kernels: the given (sparsestmax) weights skip the kernels' softmax and
+    its backward; the gradient reaches the logits through sparsestmax."""
+    from snvideo.norm import sparsestmax
+
+    torch.manual_seed(0)
+    layer = randomize(SwitchNorm3d(shape[1], kernel="triton", importance="sparsestmax"))
+    layer = layer.to(DEVICE).train(training)
+    layer.set_radius(0.3)
+    x = _input(shape, channels_last).requires_grad_()
+    grad_out = _input(shape, channels_last, mean=0.0, std=1.0, seed=1)
+    expected, expected_grads = _reference_outputs(
+        layer, x, grad_out, training, importance=lambda logits: sparsestmax(logits, 0.3))
+    y = layer(x)
     y.backward(grad_out)
     torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4)
     params = [layer.mean_weight, layer.var_weight, layer.weight, layer.bias]
@@ -166,13 +190,16 @@ def test_custom_op_registration_passes_opcheck():
     # compile with them in test_custom_op_under_compile_matches_eager
     tests = ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")
     params = [p.detach() for p in (layer.mean_weight, layer.var_weight, layer.weight, layer.bias)]
-    for running in (None, (layer.running_mean.clone(), layer.running_var.clone())):
-        args = (x.detach(), *params,
-                *(running or (None, None)), True, 1e-5, 0.1)
-        torch.library.opcheck(torch.ops.snvideo.switch_norm.default, args, test_utils=tests)
+    for with_running in (False, True):
+        for softmax in (True, False):  # softmax=False: Sparse SN's given weights
+            running = (layer.running_mean.clone(), layer.running_var.clone()) if with_running \
+                else (None, None)
+            weights = params[:2] if softmax else [torch.softmax(w, 0) for w in params[:2]]
+            args = (x.detach(), *weights, *params[2:], *running, True, 1e-5, 0.1, softmax)
+            torch.library.opcheck(torch.ops.snvideo.switch_norm.default, args, test_utils=tests)
     _, nc, ln, bn = torch.ops.snvideo.switch_norm(*args)
     for input_grad in (True, False):
-        grad_args = (torch.randn_like(x), x.detach(), nc, ln, bn, *params, True, input_grad)
+        grad_args = (torch.randn_like(x), x.detach(), nc, ln, bn, *params, True, input_grad, True)
         torch.library.opcheck(torch.ops.snvideo.switch_norm_backward.default, grad_args,
                               test_utils=("test_schema", "test_faketensor"))
 

@@ -217,11 +217,11 @@ def eval_dataset(cfg: Config, ann_file: str, num_clips: int, num_crops: int, cla
 
 def param_groups(model: nn.Module, weight_decay: float, norm_weight_decay: float) -> list[dict]:
     """Norm affine parameters and SN importance logits get `norm_weight_decay` (default 0)."""
-    from snvideo.norm.switchnorm import _SwitchNorm
+    from snvideo.norm.switchnorm import SharedImportance, _SwitchNorm
 
     norm_params, other_params = [], []
     for module in model.modules():
-        is_norm = isinstance(module, NORM_TYPES + (_SwitchNorm,))
+        is_norm = isinstance(module, NORM_TYPES + (_SwitchNorm, SharedImportance))
         for param in module.parameters(recurse=False):
             if param.requires_grad:
                 (norm_params if is_norm else other_params).append(param)

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from snvideo.norm.switchnorm import sparse_importance_parameters
+
 
 class NonFiniteLossError(RuntimeError):
     pass
@@ -36,6 +38,9 @@ def guarded_step(model: nn.Module, optimizer: torch.optim.Optimizer,
     params = [p for p in model.parameters() if p.grad is not None]
     norm = nn.utils.get_total_norm([p.grad for p in params])
     found = ~torch.isfinite(norm)
+    sparse = [p for p in sparse_importance_parameters(model) if p.grad is not None]
+    if sparse:  # Sparse SN's rule (its code): their gradient norm clipped to 1
+        nn.utils.clip_grad_norm_(sparse, 1.0)
     if clip_grad:
         nn.utils.clip_grads_with_norm_(params, clip_grad, norm)
     if scaler.is_enabled():  # fp16: the scaler passes its own found_inf to the fused step

@@ -189,10 +189,15 @@ def _grad_input_kernel(dy_ptr, x_ptr, dx_ptr, center_ptr, scale_ptr, a_ptr, b_pt
 # values, the splits already summed), so one program costs microseconds, against the ~20-30
 # launches of the same math in torch ops.
 @triton.jit
-def _softmax3(logits_ptr, K: tl.constexpr):
-    """Softmax of K (2 or 3) logits as three scalars (the third 0 when K == 2)."""
+def _softmax3(logits_ptr, K: tl.constexpr, SOFTMAX: tl.constexpr):
+    """Softmax of K (2 or 3) logits as three scalars (the third 0 when K == 2); without
+    SOFTMAX the K values are the weights already (Sparse SN's sparsestmax output)."""
     l0 = tl.load(logits_ptr).to(tl.float32)
     l1 = tl.load(logits_ptr + 1).to(tl.float32)
+    if not SOFTMAX:
+        if K == 3:
+            return l0, l1, tl.load(logits_ptr + 2).to(tl.float32)
+        return l0, l1, 0.0
     if K == 3:
         l2 = tl.load(logits_ptr + 2).to(tl.float32)
         top = tl.maximum(tl.maximum(l0, l1), l2)
@@ -231,7 +236,7 @@ def _mix_forward_kernel(shift_ptr, t1_ptr, t2_ptr, mean_logits_ptr, var_logits_p
                         bias_ptr, running_mean_ptr, running_var_ptr, nc_ptr, ln_ptr, bn_ptr,
                         N, C, M, eps, momentum, K: tl.constexpr, USE_BATCH: tl.constexpr,
                         UPDATE_RUNNING: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_C: tl.constexpr):
+                        BLOCK_C: tl.constexpr, SOFTMAX: tl.constexpr):
     """IN moments from the moments kernel's totals, LN and BN moments, the softmax mix, and
     the affine coefficients. Writes nc (6, N, C): mean_in, var_in, the mixed mean, rstd, scale
     and shift (y = (x - mean_in) * scale + shift); ln (2, N): LN mean, variance; bn (2, C): the
@@ -290,8 +295,8 @@ def _mix_forward_kernel(shift_ptr, t1_ptr, t2_ptr, mean_logits_ptr, var_logits_p
             tl.store(bn_ptr + C + cs, var_bn, mask=c_ok)
     tl.debug_barrier()
     # pass 3: the mix and the affine coefficients
-    wm0, wm1, wm2 = _softmax3(mean_logits_ptr, K)
-    wv0, wv1, wv2 = _softmax3(var_logits_ptr, K)
+    wm0, wm1, wm2 = _softmax3(mean_logits_ptr, K, SOFTMAX)
+    wv0, wv1, wv2 = _softmax3(var_logits_ptr, K, SOFTMAX)
     for n0 in range(0, N, BLOCK_N):
         for c0 in range(0, C, BLOCK_C):
             ns, cs, n_ok, c_ok, ok, idx = _tile(n0, c0, N, C, BLOCK_N, BLOCK_C)
@@ -333,7 +338,7 @@ def _mix_backward_kernel(dot_ptr, sum_ptr, nc_ptr, ln_ptr, bn_ptr, mean_logits_p
                          var_logits_ptr, a_ptr, b_ptr, grad_weight_ptr, grad_bias_ptr,
                          grad_mean_logits_ptr, grad_var_logits_ptr, scratch_ptr, N, C, M,
                          K: tl.constexpr, USE_BATCH: tl.constexpr, BLOCK_N: tl.constexpr,
-                         BLOCK_C: tl.constexpr):
+                         BLOCK_C: tl.constexpr, SOFTMAX: tl.constexpr):
     """The chain rule through the mixing, from the grad-sums kernel's (N, C) totals to the
     coefficients a, b of dx = dy * scale + (x - mean_in) * a + b and the parameter gradients.
     scratch (2 N + 2 C floats) holds the per-sample LN and per-channel BN gradient sums."""
@@ -384,19 +389,27 @@ def _mix_backward_kernel(dot_ptr, sum_ptr, nc_ptr, ln_ptr, bn_ptr, mean_logits_p
         tl.store(grad_weight_ptr + cs, g_weight.to(grad_weight_ptr.dtype.element_ty), mask=c_ok)
         tl.store(scratch_ptr + 2 * N + cs, bn_gm, mask=c_ok)
         tl.store(scratch_ptr + 2 * N + C + cs, bn_gv, mask=c_ok)
-    wm0, wm1, wm2 = _softmax3(mean_logits_ptr, K)
-    wv0, wv1, wv2 = _softmax3(var_logits_ptr, K)
-    # softmax backward: d logit_k = w_k * (g_k - sum_j w_j g_j)
-    dot_m = wm0 * acc_m0 + wm1 * acc_m1 + wm2 * acc_m2
-    dot_v = wv0 * acc_v0 + wv1 * acc_v1 + wv2 * acc_v2
+    wm0, wm1, wm2 = _softmax3(mean_logits_ptr, K, SOFTMAX)
+    wv0, wv1, wv2 = _softmax3(var_logits_ptr, K, SOFTMAX)
     dtype = grad_mean_logits_ptr.dtype.element_ty
-    tl.store(grad_mean_logits_ptr, (wm0 * (acc_m0 - dot_m)).to(dtype))
-    tl.store(grad_mean_logits_ptr + 1, (wm1 * (acc_m1 - dot_m)).to(dtype))
-    tl.store(grad_var_logits_ptr, (wv0 * (acc_v0 - dot_v)).to(dtype))
-    tl.store(grad_var_logits_ptr + 1, (wv1 * (acc_v1 - dot_v)).to(dtype))
-    if K == 3:
-        tl.store(grad_mean_logits_ptr + 2, (wm2 * (acc_m2 - dot_m)).to(dtype))
-        tl.store(grad_var_logits_ptr + 2, (wv2 * (acc_v2 - dot_v)).to(dtype))
+    if SOFTMAX:  # softmax backward: d logit_k = w_k * (g_k - sum_j w_j g_j)
+        dot_m = wm0 * acc_m0 + wm1 * acc_m1 + wm2 * acc_m2
+        dot_v = wv0 * acc_v0 + wv1 * acc_v1 + wv2 * acc_v2
+        tl.store(grad_mean_logits_ptr, (wm0 * (acc_m0 - dot_m)).to(dtype))
+        tl.store(grad_mean_logits_ptr + 1, (wm1 * (acc_m1 - dot_m)).to(dtype))
+        tl.store(grad_var_logits_ptr, (wv0 * (acc_v0 - dot_v)).to(dtype))
+        tl.store(grad_var_logits_ptr + 1, (wv1 * (acc_v1 - dot_v)).to(dtype))
+        if K == 3:
+            tl.store(grad_mean_logits_ptr + 2, (wm2 * (acc_m2 - dot_m)).to(dtype))
+            tl.store(grad_var_logits_ptr + 2, (wv2 * (acc_v2 - dot_v)).to(dtype))
+    else:  # given weights: d weight_k = g_k
+        tl.store(grad_mean_logits_ptr, acc_m0.to(dtype))
+        tl.store(grad_mean_logits_ptr + 1, acc_m1.to(dtype))
+        tl.store(grad_var_logits_ptr, acc_v0.to(dtype))
+        tl.store(grad_var_logits_ptr + 1, acc_v1.to(dtype))
+        if K == 3:
+            tl.store(grad_mean_logits_ptr + 2, acc_m2.to(dtype))
+            tl.store(grad_var_logits_ptr + 2, acc_v2.to(dtype))
     tl.debug_barrier()
     # pass 3: back to the IN moments, directly, through LN (sums over C), through BN (over N)
     for n0 in range(0, N, BLOCK_N):

@@ -9,7 +9,7 @@ from torch import nn
 from .switchnorm import SwitchNorm1d, SwitchNorm2d, SwitchNorm3d
 from .sync import SyncSwitchNorm
 
-NORM_KINDS = ("bn", "syncbn", "gn", "in", "ln", "sn", "syncsn")
+NORM_KINDS = ("bn", "syncbn", "gn", "in", "ln", "sn", "syncsn", "ssn", "syncssn")
 
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _IN = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
@@ -21,8 +21,10 @@ def build_norm(kind: str, num_features: int, dim: int = 3, **kwargs) -> nn.Modul
 
     kinds: bn, syncbn, gn (num_groups; by default 32, or the largest divisor of the channel
     count below 32 where 32 does not divide it), in (affine, per-sample statistics in eval
-    too), ln (GroupNorm with one group: statistics over C and S per sample), sn, syncsn.
-    Extra kwargs go to the layer's constructor (eps, momentum, using_bn, ...).
+    too), ln (GroupNorm with one group: statistics over C and S per sample), sn, syncsn, ssn and
+    syncssn (Sparse SN: sparsestmax importance). Extra kwargs go to the layer's constructor
+    (eps, momentum, using_bn, ...; shared_importance takes the SharedImportance module a model
+    shares, see snvideo.models.common.norm_factory).
     """
     if kind not in NORM_KINDS:
         raise ValueError(f"unknown norm kind {kind!r}; valid kinds: {', '.join(NORM_KINDS)}")
@@ -45,6 +47,8 @@ def build_norm(kind: str, num_features: int, dim: int = 3, **kwargs) -> nn.Modul
         return _IN[dim](num_features, **kwargs)
     if kind == "ln":
         return nn.GroupNorm(1, num_features, **kwargs)
-    if kind == "sn":
+    if kind in ("ssn", "syncssn"):
+        kwargs["importance"] = "sparsestmax"
+    if kind in ("sn", "ssn"):
         return _SN[dim](num_features, **kwargs)
     return SyncSwitchNorm(num_features, **kwargs)

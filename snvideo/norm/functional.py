@@ -110,7 +110,8 @@ class _Stats(NamedTuple):
     """What the forward computes on (N, C)-sized tensors; the backward reuses it."""
     mean_in: Tensor
     stats: Tensor               # (2, K, N, C): means then variances of IN, LN[, BN]
-    weights: Tensor             # (2, K): softmax of the mean and variance importance logits
+    weights: Tensor             # (2, K): the mixing weights of the means and the variances
+    softmax: bool               # weights = softmax(logits) (SN), or given (SSN's sparsestmax)
     dev_ln: Tensor              # mean_in - LN mean
     dev_bn: Tensor | None       # mean_in - BN mean; None unless BN uses batch moments
     bn_sample_weight: Tensor | float | None  # d(BN moments) / d(one sample's moments)
@@ -124,9 +125,11 @@ class _Stats(NamedTuple):
 
 def _mix(mean_in: Tensor, var_in: Tensor, mean_weight: Tensor, var_weight: Tensor,
          weight: Tensor, bias: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
-         use_batch_stats: bool, eps: float, per_sample: int, group=None) -> _Stats:
+         use_batch_stats: bool, eps: float, per_sample: int, group=None,
+         softmax: bool = True) -> _Stats:
     """SN's forward on (N, C)-sized tensors, from the IN moments. The BN branch uses batch
     moments when `use_batch_stats` (or without running statistics), else the running ones.
+    softmax=False: mean_weight / var_weight are the mixing weights themselves (SSN).
     Few, batched ops: on small feature maps their count, not their size, sets the cost."""
     dtype = mean_in.dtype
     mean_ln, var_ln, dev_ln = group_moments(mean_in, var_in, dim=1)
@@ -145,12 +148,14 @@ def _mix(mean_in: Tensor, var_in: Tensor, mean_weight: Tensor, var_weight: Tenso
     n, c = mean_in.shape
     k = len(means)
     stats = torch.stack(torch.broadcast_tensors(*means, *variances)).view(2, k, n, c)
-    weights = torch.softmax(torch.stack([mean_weight, var_weight]).to(dtype), 1)
+    weights = torch.stack([mean_weight, var_weight]).to(dtype)
+    if softmax:
+        weights = torch.softmax(weights, 1)
     mean, var = torch.bmm(weights.unsqueeze(1), stats.view(2, k, n * c)).view(2, n, c)
     rstd = torch.rsqrt(var + eps)
     scale = weight.to(dtype) * rstd
     shift = torch.addcmul(bias.to(dtype), mean_in - mean, scale)
-    return _Stats(mean_in, stats, weights, dev_ln, dev_bn, bn_sample_weight, batch_mean,
+    return _Stats(mean_in, stats, weights, softmax, dev_ln, dev_bn, bn_sample_weight, batch_mean,
                   batch_var, mean, rstd, scale, shift)
 
 
@@ -335,10 +340,11 @@ EAGER_PASSES = SimpleNamespace(moments=instance_moments, affine=_eager_affine,
 # --- composition ------------------------------------------------------------------------------
 def _forward(passes, x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tensor,
              bias: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
-             training: bool, momentum: float, eps: float, group) -> tuple[Tensor, _Stats]:
+             training: bool, momentum: float, eps: float, group, softmax: bool = True
+             ) -> tuple[Tensor, _Stats]:
     mean_in, var_in = passes.moments(x)
     s = _mix(mean_in, var_in, mean_weight, var_weight, weight, bias, running_mean, running_var,
-             training, eps, x[0, 0].numel(), group)
+             training, eps, x[0, 0].numel(), group, softmax)
     if training:
         _update_running(running_mean, running_var, s, momentum)
     return passes.affine(x, mean_in, s.scale, s.shift), s
@@ -388,10 +394,12 @@ def resolve_kernel(kernel: str, x: Tensor) -> str:
 def switch_norm(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tensor, bias: Tensor,
                 running_mean: Tensor | None, running_var: Tensor | None, training: bool,
                 momentum: float = 0.1, eps: float = 1e-5, process_group=None,
-                kernel: str = "auto") -> Tensor:
+                kernel: str = "auto", softmax: bool = True) -> Tensor:
     """Switchable Normalization of x (N, C, *S), in the manner of F.batch_norm.
 
-    mean_weight / var_weight hold 3 logits [IN, LN, BN] or 2 [IN, LN] (no BN branch). In
+    mean_weight / var_weight hold 3 logits [IN, LN, BN] or 2 [IN, LN] (no BN branch), whose
+    softmax mixes the statistics; with softmax=False they are the mixing weights themselves
+    (Sparse SN computes them with sparsestmax: (K,)-sized work, outside the kernels). In
     training (or when running_mean is None) the BN branch uses batch moments — merged over
     `process_group` when given — and updates running_mean / running_var in place when they are
     given; otherwise it uses them. kernel: "auto" | "triton" | "eager" (see resolve_kernel).
@@ -400,16 +408,17 @@ def switch_norm(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tens
     params = (mean_weight, var_weight, weight, bias)
     if _STANDARD_OPS:  # an exporter is tracing: plain torch ops every runtime knows
         return switch_norm_reference(x, *params, running_mean, running_var, training, momentum,
-                                     eps, process_group)
+                                     eps, process_group, softmax)
     with _no_autocast(x):
         path = resolve_kernel(kernel, x)
         if path == "triton" and not _synced(process_group):
             from .triton_sn import switch_norm_op
 
-            return switch_norm_op(x, *params, running_mean, running_var, training, momentum, eps)
+            return switch_norm_op(x, *params, running_mean, running_var, training, momentum, eps,
+                                  softmax)
         if torch.compiler.is_compiling():
             return switch_norm_reference(x, *params, running_mean, running_var, training,
-                                         momentum, eps, process_group)
+                                         momentum, eps, process_group, softmax)
         if path == "triton":
             from .triton_sn import TRITON_PASSES as passes
         else:
@@ -419,9 +428,9 @@ def switch_norm(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tens
         if not needs_grad:
             with torch.no_grad():
                 return _forward(passes, x, *params, running_mean, running_var, training,
-                                momentum, eps, process_group)[0]
+                                momentum, eps, process_group, softmax)[0]
         return SwitchNormFunction.apply(x, *params, running_mean, running_var, training,
-                                        momentum, eps, process_group, passes)
+                                        momentum, eps, process_group, passes, softmax)
 
 
 class SwitchNormFunction(torch.autograd.Function):
@@ -430,9 +439,9 @@ class SwitchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, mean_weight, var_weight, weight, bias, running_mean, running_var,
-                training, momentum, eps, group, passes):  # type: ignore[override]
+                training, momentum, eps, group, passes, softmax):  # type: ignore[override]
         y, stats = _forward(passes, x, mean_weight, var_weight, weight, bias, running_mean,
-                            running_var, training, momentum, eps, group)
+                            running_var, training, momentum, eps, group, softmax)
         ctx.save_for_backward(x)
         ctx.stats, ctx.group, ctx.passes = stats, group, passes
         ctx.param_dtypes = (mean_weight.dtype, var_weight.dtype, weight.dtype, bias.dtype)
@@ -444,7 +453,7 @@ class SwitchNormFunction(torch.autograd.Function):
         grad_x, *param_grads = _backward(ctx.passes, grad_y, x, ctx.stats, ctx.group,
                                          ctx.needs_input_grad[0])
         param_grads = [g.to(dtype) for g, dtype in zip(param_grads, ctx.param_dtypes)]
-        return (grad_x, *param_grads, None, None, None, None, None, None, None)
+        return (grad_x, *param_grads, None, None, None, None, None, None, None, None)
 
 
 _SIGNS = {}  # (dtype, device) -> tensor [-1, -0.5]: d mean and d var factors
@@ -469,7 +478,10 @@ def _small_backward(s: _Stats, grad_dot: Tensor, grad_sum: Tensor, group
     k = s.weights.shape[1]
     # (a multiply and a sum: bmm with one output column is several times slower on CPU)
     grad_w = (s.stats.view(2, k, n * c) * grad_mixed.view(2, 1, n * c)).sum(2)
-    grad_logits = s.weights * (grad_w - (s.weights * grad_w).sum(1, keepdim=True))
+    if s.softmax:
+        grad_logits = s.weights * (grad_w - (s.weights * grad_w).sum(1, keepdim=True))
+    else:  # the weights were given: their gradient goes on to whatever made them
+        grad_logits = grad_w
     # Back to the IN moments: directly, through the LN moments (over C), the BN moments (over N).
     w = s.weights.view(2, k, 1, 1)
     grad_in = grad_mixed * w[:, 0]
@@ -489,8 +501,8 @@ def _small_backward(s: _Stats, grad_dot: Tensor, grad_sum: Tensor, group
 def switch_norm_reference(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tensor,
                           bias: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                           training: bool, momentum: float = 0.1, eps: float = 1e-5,
-                          process_group=None) -> Tensor:
+                          process_group=None, softmax: bool = True) -> Tensor:
     """`switch_norm` with autograd through plain tensor ops (no custom backward)."""
     with _no_autocast(x):
         return _forward(PLAIN_PASSES, x, mean_weight, var_weight, weight, bias, running_mean,
-                        running_var, training, momentum, eps, process_group)[0]
+                        running_var, training, momentum, eps, process_group, softmax)[0]

@@ -44,7 +44,9 @@ def convert_sync_switchnorm(module: nn.Module, process_group=None) -> nn.Module:
                               using_moving_average=module.using_moving_average,
                               using_bn=module.using_bn,
                               track_running_stats=module.track_running_stats,
-                              kernel=module.kernel, process_group=process_group)
+                              kernel=module.kernel, process_group=process_group,
+                              importance=module.importance_function,
+                              shared_importance=module.shared_importance)
         sync.momentum = module.momentum
         sync.load_state_dict(module.state_dict())
         for new, old in zip(sync.parameters(), module.parameters()):

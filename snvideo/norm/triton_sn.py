@@ -267,7 +267,8 @@ def _mix_tiles(n: int, c: int) -> tuple[int, int]:
 
 def forward(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tensor, bias: Tensor,
             running_mean: Tensor | None, running_var: Tensor | None, use_batch_stats: bool,
-            eps: float, momentum: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            eps: float, momentum: float = 0.0, softmax: bool = True
+            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """SN's forward in three launches: y and, for the backward, nc (6, N, C) = mean_in, var_in,
     mixed mean, rstd, scale, shift; ln (2, N); bn (2, C) (see _mix_forward_kernel). The BN
     branch uses batch moments when `use_batch_stats` or without running statistics; with both,
@@ -287,13 +288,13 @@ def forward(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tensor, 
         running_var if running_var is not None else bn, nc, ln, bn, n, c, m, eps,
         float(momentum), K=k, USE_BATCH=use_batch,
         UPDATE_RUNNING=use_batch_stats and running_mean is not None and k == 3,
-        BLOCK_N=block_n, BLOCK_C=block_c, num_warps=8)
+        BLOCK_N=block_n, BLOCK_C=block_c, SOFTMAX=softmax, num_warps=8)
     return affine(x, nc[0], nc[4], nc[5]), nc, ln, bn
 
 
 def backward(grad_y: Tensor, x: Tensor, nc: Tensor, ln: Tensor, bn: Tensor,
              mean_weight: Tensor, var_weight: Tensor, weight: Tensor, bias: Tensor,
-             use_batch_stats: bool, input_grad: bool = True
+             use_batch_stats: bool, input_grad: bool = True, softmax: bool = True
              ) -> tuple[Tensor | None, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of x (None unless `input_grad`), mean_weight, var_weight, weight and bias
     (each in its parameter's dtype) in three launches (two without the input gradient)."""
@@ -308,7 +309,7 @@ def backward(grad_y: Tensor, x: Tensor, nc: Tensor, ln: Tensor, bn: Tensor,
     _kernels()._mix_backward_kernel[(1,)](
         dot, total, nc, ln, bn, mean_weight, var_weight, a, b, grads[2], grads[3], grads[0],
         grads[1], scratch, n, c, m, K=k, USE_BATCH=use_batch_stats,
-        BLOCK_N=block_n, BLOCK_C=block_c, num_warps=8)
+        BLOCK_N=block_n, BLOCK_C=block_c, SOFTMAX=softmax, num_warps=8)
     grad_x = grad_input(grad_y, x, nc[0], nc[4], a, b) if input_grad else None
     return (grad_x, *grads)
 
@@ -322,16 +323,16 @@ TRITON_PASSES = SimpleNamespace(moments=moments, affine=affine, grad_sums=grad_s
 def _switch_norm_fwd_op(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tensor,
                         bias: Tensor, running_mean: Optional[Tensor],
                         running_var: Optional[Tensor], use_batch_stats: bool, eps: float,
-                        momentum: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                        momentum: float, softmax: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """y and the (N, C)-sized statistics the backward needs (triton_sn.forward); in training
     the running statistics are updated in place by the same launch."""
     return forward(x, mean_weight, var_weight, weight, bias, running_mean, running_var,
-                   use_batch_stats, eps, momentum)
+                   use_batch_stats, eps, momentum, softmax)
 
 
 @_switch_norm_fwd_op.register_fake
 def _(x, mean_weight, var_weight, weight, bias, running_mean, running_var, use_batch_stats, eps,
-      momentum):
+      momentum, softmax):
     n, c = x.shape[:2]
     return (torch.empty_like(x), x.new_empty((6, n, c), dtype=torch.float32),
             x.new_empty((2, n), dtype=torch.float32), x.new_empty((2, c), dtype=torch.float32))
@@ -340,17 +341,18 @@ def _(x, mean_weight, var_weight, weight, bias, running_mean, running_var, use_b
 @torch.library.custom_op("snvideo::switch_norm_backward", mutates_args=())
 def _switch_norm_bwd_op(grad_y: Tensor, x: Tensor, nc: Tensor, ln: Tensor, bn: Tensor,
                         mean_weight: Tensor, var_weight: Tensor, weight: Tensor, bias: Tensor,
-                        use_batch_stats: bool, input_grad: bool
+                        use_batch_stats: bool, input_grad: bool, softmax: bool
                         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The gradients; without `input_grad` the first is an empty placeholder (its kernel is
     not launched)."""
     grad_x, *grads = backward(grad_y, x, nc, ln, bn, mean_weight, var_weight, weight, bias,
-                              use_batch_stats, input_grad)
+                              use_batch_stats, input_grad, softmax)
     return (grad_x if grad_x is not None else x.new_empty(0), *grads)
 
 
 @_switch_norm_bwd_op.register_fake
-def _(grad_y, x, nc, ln, bn, mean_weight, var_weight, weight, bias, use_batch_stats, input_grad):
+def _(grad_y, x, nc, ln, bn, mean_weight, var_weight, weight, bias, use_batch_stats, input_grad,
+      softmax):
     return (torch.empty_like(x) if input_grad else x.new_empty(0), torch.empty_like(mean_weight),
             torch.empty_like(var_weight), torch.empty_like(weight), torch.empty_like(bias))
 
@@ -367,14 +369,15 @@ class _SwitchNormTriton(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, mean_weight, var_weight, weight, bias, running_mean, running_var,
-                use_batch, eps, momentum):
+                use_batch, eps, momentum, softmax):
         # the custom op for torch.compile to see; in eager mode its body, called directly:
         # the op's dispatch would add host time to every layer of every step
         op = torch.ops.snvideo.switch_norm if _through_ops() else forward
         y, nc, ln, bn = op(x, mean_weight, var_weight, weight, bias, running_mean, running_var,
-                           use_batch, eps, momentum)
+                           use_batch, eps, momentum, softmax)
         ctx.save_for_backward(x, nc, ln, bn, mean_weight, var_weight, weight, bias)
         ctx.use_batch = use_batch or running_mean is None
+        ctx.softmax = softmax
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(nc, ln, bn)
         return y, nc, ln, bn
@@ -383,22 +386,22 @@ class _SwitchNormTriton(torch.autograd.Function):
     def backward(ctx, grad_y, *unused):  # type: ignore[override]
         needs = ctx.needs_input_grad
         if grad_y is None or not any(needs[:5]):
-            return (None,) * 10
+            return (None,) * 11
         if _through_ops():
             grads = torch.ops.snvideo.switch_norm_backward(grad_y, *ctx.saved_tensors,
-                                                           ctx.use_batch, needs[0])
+                                                           ctx.use_batch, needs[0], ctx.softmax)
         else:
-            grads = backward(grad_y, *ctx.saved_tensors, ctx.use_batch, needs[0])
-        return (*(g if need else None for g, need in zip(grads, needs[:5])),) + (None,) * 5
+            grads = backward(grad_y, *ctx.saved_tensors, ctx.use_batch, needs[0], ctx.softmax)
+        return (*(g if need else None for g, need in zip(grads, needs[:5])),) + (None,) * 6
 
 
 def switch_norm_op(x: Tensor, mean_weight: Tensor, var_weight: Tensor, weight: Tensor,
                     bias: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
-                    training: bool, momentum: float, eps: float) -> Tensor:
+                    training: bool, momentum: float, eps: float, softmax: bool = True) -> Tensor:
     """The Triton path through the custom op: three launches forward (the running statistics
     are updated by the mixing kernel), three backward."""
     use_batch = training or running_mean is None
     y, _, _, _ = _SwitchNormTriton.apply(x, mean_weight, var_weight, weight, bias, running_mean,
                                          running_var, use_batch, eps,
-                                         float(momentum) if training else 0.0)
+                                         float(momentum) if training else 0.0, softmax)
     return y
