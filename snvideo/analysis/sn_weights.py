@@ -5,7 +5,8 @@
 
 Works from a checkpoint's state dict alone: each SN layer stores importance logits
 `<layer>.mean_weight` and `<layer>.var_weight` in the order [IN, LN, BN] ([IN, LN] when the
-layer was built with using_bn=False); the importance is their softmax. Layers are listed by
+layer was built with using_bn=False); the importance is their softmax, or for a Sparse SN
+layer (it also stores `<layer>.radius`) their sparsestmax at that radius. Layers are listed by
 depth, i.e. in state-dict order (module registration order). The table is always printed;
 --out draws a stacked bar chart (two panels: means, variances; one column of panels per
 checkpoint with --compare) and needs matplotlib (`pip install matplotlib`), imported lazily
@@ -24,6 +25,7 @@ from typing import Mapping, Sequence
 import torch
 
 from snvideo.models.pretrained import strip_wrappers
+from snvideo.norm.sparsestmax import sparsestmax
 
 STAT_NAMES = ("IN", "LN", "BN")  # the logit order of snvideo.norm.SwitchNorm*d
 COLORS = {"IN": "#4c72b0", "LN": "#dd8452", "BN": "#55a868"}
@@ -48,10 +50,13 @@ def sn_importance(state_dict: Mapping[str, torch.Tensor]) -> list[tuple[str, Imp
         if mean_logits.numel() not in (2, 3) or var_logits.shape != mean_logits.shape:
             continue
         names = STAT_NAMES[: mean_logits.numel()]
-        importance = {
-            "mean": dict(zip(names, torch.softmax(mean_logits.double(), 0).tolist())),
-            "var": dict(zip(names, torch.softmax(var_logits.double(), 0).tolist())),
-        }
+        radius = state_dict.get(prefix + "radius")
+        if radius is not None:  # Sparse SN
+            weigh = lambda logits: sparsestmax(logits.double(), float(radius))  # noqa: E731
+        else:
+            weigh = lambda logits: torch.softmax(logits.double(), 0)  # noqa: E731
+        importance = {"mean": dict(zip(names, weigh(mean_logits).tolist())),
+                      "var": dict(zip(names, weigh(var_logits).tolist()))}
         rows.append((strip_wrappers(prefix.rstrip(".")) or "<root>", importance))
     return rows
 

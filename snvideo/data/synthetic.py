@@ -72,6 +72,17 @@ MORE_MOTIONS: tuple[str, ...] = (
 ALL_MOTIONS: tuple[str, ...] = CLASS_NAMES + tuple(
     f"moving {d}" for d in DIRECTIONS if f"moving {d}" not in CLASS_NAMES) + MORE_MOTIONS
 
+# The appearance task (make_demo_dataset(task="appearance")): the class is the object's colour
+# family, its motion is drawn from the dataset's motions independently of the class.
+APPEARANCE_COLORS: dict[str, tuple[float, float, float]] = {
+    "red object": (0.9, 0.1, 0.1), "green object": (0.1, 0.8, 0.1),
+    "blue object": (0.1, 0.2, 0.9), "yellow object": (0.95, 0.9, 0.1),
+    "cyan object": (0.1, 0.9, 0.9), "magenta object": (0.9, 0.1, 0.9),
+    "orange object": (1.0, 0.55, 0.0), "purple object": (0.5, 0.1, 0.6),
+    "white object": (0.95, 0.95, 0.95), "black object": (0.05, 0.05, 0.05),
+}
+_COLOR_JITTER = 0.12  # each palette colour: the family's colour +- this per channel
+
 _CODECS = {"h264": "libx264", "mpeg4": "mpeg4", "vp9": "libvpx-vp9"}
 _MARKER = ".demo_complete.json"
 _PARAMS = ".demo_params.json"
@@ -351,9 +362,11 @@ def object_states(label: int | str, rng: np.random.Generator | int, height: int 
 
 def render_video(label: int | str, rng: np.random.Generator | int, height: int = 64,
                  width: int | None = None, frames: int = 32,
-                 params: SceneParams | None = None) -> np.ndarray:
+                 params: SceneParams | None = None,
+                 object_color: tuple[float, float, float] | None = None) -> np.ndarray:
     """Render one demo video of class ``label`` (index into CLASS_NAMES or name) as uint8
-    (frames, height, width, 3)."""
+    (frames, height, width, 3). ``object_color``: the object's palette is drawn around this
+    colour (the appearance task) instead of uniformly."""
     p = params or SceneParams()
     rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
     motion = CLASS_NAMES[label] if isinstance(label, (int, np.integer)) else str(label)
@@ -367,6 +380,9 @@ def render_video(label: int | str, rng: np.random.Generator | int, height: int =
     # Colours: object and background palettes whose mean colours differ by min_contrast.
     for _ in range(100):
         bg_colors, obj_colors = _random_colors(rng, 2), _random_colors(rng, 3)
+        if object_color is not None:
+            jitter = rng.uniform(-_COLOR_JITTER, _COLOR_JITTER, (3, 3))
+            obj_colors = np.clip(np.asarray(object_color) + jitter, 0.0, 1.0)
         if np.linalg.norm(bg_colors.mean(0) - obj_colors.mean(0)) >= p.min_contrast:
             break
 
@@ -431,13 +447,14 @@ class _VideoJob:
     fps: float
     codec: str
     params: SceneParams
+    object_color: tuple[float, float, float] | None = None
 
 
 def _render_and_write(job: _VideoJob) -> str:
     if os.path.exists(job.path):  # written atomically, so an existing file is complete
         return "skipped"
     frames = render_video(job.motion, np.random.default_rng(list(job.seed)), job.size, job.size,
-                          job.frames, job.params)
+                          job.frames, job.params, job.object_color)
     write_video(job.path, frames, fps=job.fps, codec=job.codec, crf=18)
     return "done"
 
@@ -475,7 +492,7 @@ def make_demo_dataset(out_dir: str | os.PathLike, classes: int = 10, train_per_c
                       distractors: int = SceneParams.distractors,
                       min_contrast: float = SceneParams.min_contrast,
                       orientation_mark: float = SceneParams.orientation_mark,
-                      verbose: bool = False) -> dict[str, Any]:
+                      task: str = "motion", verbose: bool = False) -> dict[str, Any]:
     """Generate the motion demo dataset in the Kinetics layout and return a summary dict.
 
     Layout: ``out_dir/annotations/{train,val}.csv`` (label,youtube_id,time_start,time_end,
@@ -484,7 +501,22 @@ def make_demo_dataset(out_dir: str | os.PathLike, classes: int = 10, train_per_c
     interrupted run resumes (finished videos are kept); a dataset made with different
     parameters is replaced. ``motions`` picks the classes by name from ALL_MOTIONS (default:
     the first ``classes`` of CLASS_NAMES).
+
+    ``task="appearance"``: the same scenes with other cues. The classes are the first
+    ``classes`` colour families of APPEARANCE_COLORS (the object's palette is drawn around the
+    family's colour); each video's motion is drawn uniformly from ``motions`` (default: the
+    first ``classes`` of CLASS_NAMES), whatever its class, so motion carries no label.
     """
+    if task not in ("motion", "appearance"):
+        raise ValueError(f"task must be 'motion' or 'appearance', got {task!r}")
+    appearance_motions: tuple[str, ...] = ()
+    if task == "appearance":
+        appearance_motions = tuple(motions) if motions is not None else \
+            CLASS_NAMES[:classes]
+        if not 1 <= classes <= len(APPEARANCE_COLORS):
+            raise ValueError(f"classes must be in 1..{len(APPEARANCE_COLORS)} for the "
+                             f"appearance task, got {classes}")
+        motions = None
     if motions is not None:
         unknown = [m for m in motions if m not in ALL_MOTIONS]
         if unknown or len(set(motions)) != len(motions) or not motions:
@@ -527,6 +559,9 @@ def make_demo_dataset(out_dir: str | os.PathLike, classes: int = 10, train_per_c
               "val_per_class": val_per_class, "size": size, "frames": frames,
               "fps": float(fps), "seed": seed, "codec": codec, "scene": asdict(scene),
               "version": 1}
+    if task == "appearance":
+        names = tuple(APPEARANCE_COLORS)[:classes]
+        config.update(classes=list(names), task=task, motions=list(appearance_motions))
     config = json.loads(json.dumps(config))  # tuples -> lists, as read back from disk
 
     root = Path(out_dir)
@@ -571,6 +606,12 @@ def make_demo_dataset(out_dir: str | os.PathLike, classes: int = 10, train_per_c
                 t0 = int(id_rng.integers(0, 290))
                 rows[split].append((name, vid, t0, t0 + 10, split))
                 path = video_dir / label_folder(name) / f"{vid}_{t0:06d}_{t0 + 10:06d}{ext}"
+                if task == "appearance":  # class: colour; motion: any, drawn per video
+                    motion = appearance_motions[int(id_rng.integers(len(appearance_motions)))]
+                    jobs.append(_VideoJob(str(path), motion, (seed, 1, split_idx, c, i), size,
+                                          frames, float(fps), codec, scene,
+                                          APPEARANCE_COLORS[name]))
+                    continue
                 jobs.append(_VideoJob(str(path), name, (seed, 1, split_idx, c, i), size, frames,
                                       float(fps), codec, scene))
     results = _run_jobs(jobs, _default_workers() if workers is None else int(workers))

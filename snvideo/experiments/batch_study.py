@@ -257,12 +257,12 @@ def summarize(records: list[dict]) -> list[dict]:
     return out
 
 
-def _compare(base: dict, other: dict, chance: float) -> str:
+def _compare(base: dict, other: dict, chance: float, subject: str = "the batch size") -> str:
     delta = other["top1_mean"] - base["top1_mean"]
     noise = 2 * max(base["top1_std"], other["top1_std"])
     if max(base["top1_mean"], other["top1_mean"]) <= 2 * chance:
         verdict = (f"both near chance ({chance:.0f}%): neither left the initial plateau, "
-                   "so this says nothing about the batch size")
+                   f"so this says nothing about {subject}")
     elif min(base["seeds"], other["seeds"]) < 2:
         verdict = "one seed only: no spread to judge it against"
     elif abs(delta) <= noise:
