@@ -139,12 +139,16 @@ def test_every_norm_kind_builds_and_trains(norm):
     assert logits.shape == (2, 5)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     expected = {"bn": nn.BatchNorm3d, "syncbn": nn.SyncBatchNorm, "gn": nn.GroupNorm,
-                "in": nn.InstanceNorm3d, "ln": nn.GroupNorm, "sn": SwitchNorm3d}
+                "in": nn.InstanceNorm3d, "ln": nn.GroupNorm, "sn": SwitchNorm3d,
+                "ssn": SwitchNorm3d}
     if norm in expected:
         assert isinstance(model.bn1, expected[norm]) and isinstance(model.layer4[2].bn3,
                                                                     expected[norm])
     else:
         assert type(model.bn1).__name__ == "SyncSwitchNorm"
+    if is_switch_norm(model.bn1):
+        sparse = norm in ("ssn", "syncssn")
+        assert (model.bn1.importance_function == "sparsestmax") == sparse
 
 
 def test_norm_kwargs_reach_every_norm_layer():
