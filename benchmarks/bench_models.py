@@ -1,6 +1,6 @@
 """Train-step time and peak memory of the backbones with BN vs SN vs GN.
 
-    python benchmarks/bench_models.py [--archs i3d_r50 r3d_18 x3d_m] [--norms bn sn gn]
+    python benchmarks/bench_models.py [--archs i3d_r50 r3d_18 slowfast_r50 x3d_m] [--norms bn sn gn]
         [--clips 2] [--frames 16] [--size 112] [--steps 7] [--compile] [--device cpu]
 
 A step is forward + cross-entropy + backward + SGD (momentum) step. All variants live in one
@@ -164,7 +164,8 @@ def report(args, variants: list[Variant], memory: dict[tuple[str, str], float]) 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--archs", nargs="+", default=["i3d_r50", "r3d_18", "x3d_m"])
+    parser.add_argument("--archs", nargs="+",
+                        default=["i3d_r50", "r3d_18", "slowfast_r50", "x3d_m"])
     parser.add_argument("--norms", nargs="+", default=["bn", "sn", "gn"])
     parser.add_argument("--clips", type=int, default=2)
     parser.add_argument("--frames", type=int, default=16)

@@ -17,14 +17,16 @@ reached, marked "partial", or is killed a minute after it):
            BN column names the backend torch picked for it (cuDNN or native)
   step     an i3d_r50 training step at 32x224x224 under bf16 autocast, channels_last_3d: SN, BN
            and GN at 8 and 2 clips; time per step, ratio to BN, torch.cuda.max_memory_allocated;
-           on CUDA also BN and SN with the whole step captured in a CUDA graph (replays)
+           on CUDA also BN and SN with the whole step captured in a CUDA graph (replays); then
+           the other families (--step-archs; CUDA: slowfast_r50, x3d_m) at the first clip
+           count, SN and GN against BN
   memory   the shipped i3d_r50 SN configs (1, 2, 4, 8 clips per GPU) x checkpoint_stages off/on
            x fp32/bf16: peak memory of a training step; an out-of-memory is recorded as OOM and
            the table goes on
   decode   training clips per second one DataLoader worker decodes (decord or PyAV) at the
            shipped clip settings, against the measured GPU step: decode workers per GPU
            (skipped without a decoder)
-The full CUDA run is budgeted to about 7.5 minutes on one H100/H200 (caps in CAPS). On CPU ("--device cpu
+The full CUDA run is budgeted to about 8 minutes on one H100/H200 (caps in CAPS). On CPU ("--device cpu
 --quick") steps run without a GPU, memory is what autograd saves for backward (the CPU has no
 allocator peak to read), and the caps keep the run within 5 minutes on 2 cores. Besides the
 markdown report, the numbers go to the same path with .json.
@@ -70,9 +72,10 @@ TITLES = {"env": "Environment", "tests": "CUDA tests (pytest -m cuda)",
           "memory": "Training memory of the shipped configs",
           "decode": "Decode throughput per DataLoader worker vs the GPU step"}
 # seconds per section: the full CUDA run, and --quick (CPU-sized)
-CAPS = {"env": 20, "tests": 120, "norm": 80, "step": 80, "memory": 110, "decode": 30}
+CAPS = {"env": 20, "tests": 120, "norm": 80, "step": 110, "memory": 110, "decode": 30}
 QUICK_CAPS = {"env": 20, "tests": 45, "norm": 30, "step": 50, "memory": 80, "decode": 25}
 SHIPPED = "configs/i3d_r50_sn_k400_32x2_{}pergpu.yaml"
+STEP_ARCHS = ("slowfast_r50", "x3d_m")  # the step section's other families (README's rows)
 
 
 @dataclass
@@ -97,6 +100,7 @@ class Settings:
     memory_clips: list[int]
     steps: int
     arch: str
+    step_archs: list[str]
     decode_items: int
     video_seconds: float
     caps: dict
@@ -422,6 +426,35 @@ def section_step(section: Section, s: Settings, done: dict) -> None:
             ratio = f"{r['s_per_step'] / base:.3f}x" if base else "n/a"
             section.lines.append(f"| {clips} | {norm} | {r['s_per_step']:.4f} | {ratio} | "
                                  f"{memory_cell(r)} | {clips / r['s_per_step']:.1f} |")
+    step_other_archs(section, s)
+
+
+def step_other_archs(section: Section, s: Settings) -> None:
+    """SN and GN against BN for the other families, at the first clip count, same settings."""
+    if not s.step_archs:
+        return
+    clips = s.step_clips[0]
+    section.lines += ["", f"Other backbones, {clips} clips, the same input and settings:", "",
+                      "| arch | norm | s/step | vs bn | " + ("peak GB" if s.cuda else "saved MB")
+                      + " | mem vs bn |", "|---|---|---|---|---|---|"]
+    rows = section.data.setdefault("arch_rows", [])
+    for arch in s.step_archs:
+        base = None
+        for norm in ("bn", "sn", "gn"):
+            check_cap(section)
+            r = guarded_run(device=s.device, arch=arch, norm=norm, clips=clips, frames=s.frames,
+                            size=s.size, amp=True, channels_last=True, checkpoint=False,
+                            steps=s.steps)
+            rows.append({"arch": arch, "clips": clips, "norm": norm, **r})
+            if r["status"] != "ok":
+                section.lines.append(f"| {arch} | {norm} | {r['status']} | | | |")
+                continue
+            memory = r.get("peak_gb", r.get("saved_mb"))
+            base = (r["s_per_step"], memory) if norm == "bn" else base
+            ratios = [f"{mine / ref:.{digits}f}x" if base and ref else "n/a" for mine, ref, digits
+                      in zip((r["s_per_step"], memory), base or (None, None), (3, 2))]
+            section.lines.append(f"| {arch} | {norm} | {r['s_per_step']:.4f} | {ratios[0]} | "
+                                 f"{memory_cell(r)} | {ratios[1]} |")
 
 
 def section_memory(section: Section, s: Settings, done: dict) -> None:
@@ -602,6 +635,13 @@ def parse_shapes(text: str) -> list[tuple[int, ...]]:
     return shapes
 
 
+def step_archs(text: str | None, arch: str, cuda: bool) -> list[str]:
+    """--step-archs (comma-separated; default: STEP_ARCHS on CUDA, none on CPU), less --arch."""
+    names = [a.strip() for a in text.split(",")] if text is not None else \
+        list(STEP_ARCHS) if cuda else []
+    return [a for a in names if a and a != arch]
+
+
 def settings_from(args) -> Settings:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -615,7 +655,8 @@ def settings_from(args) -> Settings:
         step_clips=ints(args.step_clips) if args.step_clips else ([8, 2] if cuda else [2, 1]),
         memory_clips=ints(args.memory_clips) if args.memory_clips else [1, 2, 4, 8],
         steps=args.steps or (3 if cuda and not args.quick else 2 if cuda else 1),
-        arch=args.arch, decode_items=args.decode_items or (8 if cuda else 3),
+        arch=args.arch, step_archs=step_archs(getattr(args, "step_archs", None), args.arch, cuda),
+        decode_items=args.decode_items or (8 if cuda else 3),
         video_seconds=args.video_seconds or (10.0 if not args.quick else 4.0),
         caps={k: v * args.cap_scale for k, v in (QUICK_CAPS if args.quick else CAPS).items()})
 
@@ -637,6 +678,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-clips", help="shipped configs' clips per GPU (1,2,4,8)")
     p.add_argument("--steps", type=int, help="timed training steps per cell")
     p.add_argument("--arch", default="i3d_r50", help="backbone of step/memory (i3d_r50)")
+    p.add_argument("--step-archs", help="other backbones of the step section, comma-separated "
+                   f"(CUDA: {','.join(STEP_ARCHS)}; CPU: none)")
     p.add_argument("--decode-items", type=int, help="training items timed in decode")
     p.add_argument("--video-seconds", type=float, help="length of the decode test video")
     p.add_argument("--cap-scale", type=float, default=1.0, help="multiply every time cap")

@@ -1,5 +1,6 @@
 """Video backbones with any normalization: torchvision's r3d_18 / mc3_18 / r2plus1d_18, Hara's
-3D-ResNets, I3D-ResNets, X3D (x3d_xs/s/m/l, PySlowFast names).
+3D-ResNets, I3D-ResNets, SlowFast (slowfast_r50/r101) and X3D (x3d_xs/s/m/l), both with
+PySlowFast's module names.
 
     model = build_model("i3d_r50", num_classes=400, norm="sn")
     load_pretrained_2d(model, "resnet50.pth")   # ImageNet 2D weights, inflated
@@ -23,6 +24,7 @@ from .inflate import InflateResult, inflate_2d, load_pretrained_2d
 from .pretrained import PretrainedError, PretrainedResult, detect_format, load_pretrained
 from .resnet import ResNet3d, ResNetSpec
 from .resnet3d import HARA_SPECS, VIDEO_SPECS, VideoResNet, hara_resnet3d, video_resnet
+from .slowfast import SLOWFAST_SPECS, SlowFast, slowfast
 from .x3d import X3D, X3D_PRESETS, x3d
 
 # arch name -> constructor(num_classes, make_norm, dropout, **arch_kwargs)
@@ -30,6 +32,7 @@ ARCHS: dict[str, Callable[..., nn.Module]] = {
     **{name: partial(video_resnet, name) for name in VIDEO_SPECS},
     **{name: partial(hara_resnet3d, name) for name in HARA_SPECS},
     **{name: partial(i3d_resnet, name) for name in I3D_SPECS},
+    **{name: partial(slowfast, name) for name in SLOWFAST_SPECS},
     **{name: partial(x3d, name) for name in X3D_PRESETS},
 }
 
@@ -42,6 +45,9 @@ def build_model(arch: str, num_classes: int, norm: str = "sn",
     arch_kwargs, all archs: zero_init_last_norm (bool), checkpoint_stages (bool).
     resnet3d_*: conv1_t_size (7), conv1_t_stride (1), no_max_pool (False), widen_factor (1.0).
     i3d_*: conv1_stride_t (2), pool1_stride_t (2), pool2 (True).
+    slowfast_r50/r101: alpha (4), beta_inv (8), fusion_kernel (7) (PySlowFast's 8x8; 4x16 is
+    alpha=8, fusion_kernel=5; kept in model.arch_kwargs), widen_factor (1.0). One clip in: the
+    Slow pathway's frames are taken inside the model; T must be a multiple of alpha.
     x3d_xs/s/m/l: width_factor, depth_factor (the preset's), head_width (2048). Their inputs are
     data: X3D_PRESETS[arch].frames x .stride (XS 4x12, S 13x6, M 16x5, L 16x5), .train_crop /
     .test_crop (160/182, 160/182, 224/256, 312/356).

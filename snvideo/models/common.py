@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -46,9 +46,20 @@ def run_stage(stage: nn.Sequential, x: Tensor, checkpointed: bool) -> Tensor:
     plain checkpointing keeps the same guarantee there.
     """
     if not (checkpointed and stage.training and torch.is_grad_enabled()):
-        return stage(x)
+        return stage(x)  # as a module: its hooks run
+    return run_blocks(stage, x, True)
+
+
+def run_blocks(blocks: Iterable[nn.Module], x: Tensor, checkpointed: bool) -> Tensor:
+    """`x` through `blocks` in turn; with `checkpointed` (and grad enabled), each block
+    checkpointed as `run_stage` describes. For stages that are not one nn.Sequential (a
+    pathway's blocks of a multi-pathway stage); the caller passes its own training mode."""
+    if not (checkpointed and torch.is_grad_enabled()):
+        for block in blocks:
+            x = block(x)
+        return x
     compiling = torch.compiler.is_compiling()
-    for block in stage:
+    for block in blocks:
         if compiling:
             x = checkpoint(block, x, use_reentrant=False)
         else:

@@ -12,8 +12,11 @@ Formats and how their names map onto ours (facts from those projects' model code
   `backbone.layerX.Y.downsample.{conv,bn}`, classifier `cls_head.fc_cls`.
 - pyslowfast: {"model_state": ...} of a ResNet (I3D / Slow): `s1.pathway0_stem.{conv,bn}`,
   `sK.pathway0_resJ.branch2.{a,b,c}` and `{a,b,c}_bn`, `branch1` / `branch1_bn` (shortcut),
-  classifier `head.projection`; stage sK is our layer{K-1}.
-mmaction2 and PySlowFast names map onto ResNet3d models (i3d_*, resnet3d_*).
+  classifier `head.projection`; stage sK is our layer{K-1}. SlowFast and X3D checkpoints have
+  the same layout (`s1.pathway0_stem.conv`, `s1_fuse.conv_f2s`, `s5.pathway1_res2.branch2.c`,
+  ...): our slowfast_* / x3d_* keep PySlowFast's module names (`checkpoint_names =
+  "pyslowfast"`), so their keys map by name, only `head.projection` becoming `fc`.
+mmaction2 and PySlowFast ResNet names map onto ResNet3d models (i3d_*, resnet3d_*).
 
 A classifier whose shape differs (another class count) is skipped and reported; a backbone
 tensor whose shape differs is skipped with a warning naming it. Files load with
@@ -124,6 +127,14 @@ def pyslowfast_to_ours(key: str) -> str | None:
     return None
 
 
+def pyslowfast_same_names(key: str) -> str | None:
+    """PySlowFast key -> ours for models built with PySlowFast's module names (SlowFast, X3D)."""
+    key = strip_wrappers(key)
+    if key.startswith("head.projection."):
+        return _HEAD_PREFIX + key[len("head.projection."):]
+    return key
+
+
 _TO_OURS: dict[str, Callable[[str], str | None]] = {
     "snvideo": strip_wrappers, "torchvision": strip_wrappers,
     "mmaction2": mmaction2_to_ours, "pyslowfast": pyslowfast_to_ours,
@@ -189,8 +200,11 @@ def _state_for(fmt: str, found: dict[str, dict[str, Tensor]]) -> dict[str, Tenso
             return state
         if fmt == "torchvision" and where in ("", "model") and _has_prefix(state, "stem.0."):
             return state
-        if fmt == "snvideo" and where in ("model", "") \
-                and not _has_prefix(state, "backbone.", "s1.pathway0_stem.", "s2.pathway0_res"):
+        # ours: train.py's {"model": ...} (SlowFast / X3D with PySlowFast's names too), or a
+        # bare state dict with none of the other projects' names
+        if fmt == "snvideo" and (where == "model" and not _has_prefix(state, "backbone.")
+                                 or where == "" and not _has_prefix(
+                                     state, "backbone.", "s1.pathway0_stem.", "s2.pathway0_res")):
             return state
     return None
 
@@ -248,8 +262,11 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | Mapping,
     if _two_d_conv1({strip_wrappers(k): v for k, v in state.items()}):
         raise PretrainedError(f"{name}: a 2D checkpoint (conv1.weight is 4D); inflate it with "
                               "load_pretrained_2d / model.pretrained2d")
+    to_ours = _TO_OURS[fmt]
+    if fmt == "pyslowfast" and getattr(model, "checkpoint_names", None) == "pyslowfast":
+        to_ours = pyslowfast_same_names
     with torch.no_grad():
-        return _copy_into(model, state, _TO_OURS[fmt], PretrainedResult(fmt, name))
+        return _copy_into(model, state, to_ours, PretrainedResult(fmt, name))
 
 
 def _copy_into(model: nn.Module, state: Mapping[str, Tensor], to_ours: Callable[[str], str | None],
