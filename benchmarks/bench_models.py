@@ -10,6 +10,12 @@ BN model of the same arch in the same mode (eager vs eager, compiled vs compiled
 median and minimum and the median process CPU time are all printed: on a shared machine the
 minimum and the CPU time are the better estimates of the unloaded cost.
 
+--fold-eval [bn|random|CHECKPOINT]: instead, eval-mode forward time (no grad) of the BN model,
+the same network with Sparse SN, and that SSN model after snvideo.norm.fold_for_inference, each
+SSN layer's one-hot choice set to BN everywhere (`bn`), drawn at random per layer for means and
+variances (`random`, seeded), or read from a trained SSN checkpoint of train.py (its arch and
+arch kwargs; the BN twin is built alike).
+
 Peak memory: on CUDA, torch.cuda.max_memory_allocated over a step minus the memory allocated
 before it. On CPU, each variant runs in a fresh subprocess that reports its peak RSS
 (ru_maxrss) minus its RSS just before the first step: activations, gradients and optimizer
@@ -115,6 +121,12 @@ def time_variants(args) -> list[Variant]:
             model = build_model(arch, args.num_classes, norm=norm).to(device).train()
             variants.append(Variant(arch, norm, model,
                                     make_step(model, clips, labels, args.compile), [], []))
+    return run_interleaved(args, variants)
+
+
+def run_interleaved(args, variants: list[Variant]) -> list[Variant]:
+    """Warm-up, then step i of every variant (in rotating order) before step i + 1."""
+    device = torch.device(args.device)
     for v in variants:  # warm-up (and compilation) outside the measurements
         for _ in range(args.warmup):
             v.step_fn()
@@ -131,8 +143,58 @@ def time_variants(args) -> list[Variant]:
     return variants
 
 
+def fold_eval_variants(args) -> list[Variant]:
+    """BN, SSN and folded SSN models of each arch, timed interleaved in eval mode."""
+    import copy
+
+    from snvideo.norm import fold_for_inference, is_switch_norm
+
+    device = torch.device(args.device)
+    clips, _ = inputs(args, device)
+    builds = []
+    if args.fold_eval in ("bn", "random"):
+        for arch in args.archs:
+            torch.manual_seed(0)
+            ssn = build_model(arch, args.num_classes, norm="ssn").eval()
+            gen = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for layer in (m for m in ssn.modules() if is_switch_norm(m)):
+                    for logits in (layer.mean_weight, layer.var_weight):
+                        k = logits.numel() - 1 if args.fold_eval == "bn" else \
+                            int(torch.randint(logits.numel(), (1,), generator=gen))
+                        logits.copy_(10 * torch.nn.functional.one_hot(torch.tensor(k),
+                                                                      logits.numel()))
+            torch.manual_seed(0)
+            builds.append((arch, {}, ssn))
+    else:
+        from snvideo.config import config_for_checkpoint
+        from snvideo.engine.builders import model_from_checkpoint
+        from snvideo.engine.checkpoint import load_checkpoint
+
+        checkpoint = load_checkpoint(args.fold_eval)
+        cfg = config_for_checkpoint(None, [], checkpoint, args.fold_eval)
+        builds.append((cfg.model.arch, dict(cfg.model.arch_kwargs),
+                       model_from_checkpoint(cfg, checkpoint).eval()))
+    variants = []
+    for arch, arch_kwargs, ssn in builds:
+        num_classes = ssn.fc.out_features
+        bn = build_model(arch, num_classes, norm="bn", **arch_kwargs).eval()
+        folded, fold_report = fold_for_inference(copy.deepcopy(ssn), probe=clips[:1].cpu())
+        print(f"{arch}: {fold_report}")
+        for norm, model in (("bn", bn), ("ssn", ssn), ("ssn folded", folded)):
+            model = model.to(device).eval()
+
+            def forward(model=model) -> None:
+                with torch.no_grad():
+                    model(clips)
+            variants.append(Variant(arch, norm, model, forward, [], []))
+    return run_interleaved(args, variants)
+
+
 def report(args, variants: list[Variant], memory: dict[tuple[str, str], float]) -> str:
     mode = "compiled" if args.compile else "eager"
+    if args.fold_eval:
+        mode += " eval forward (no grad), times per forward"
     lines = [
         f"machine: {platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, device {args.device}"
@@ -178,7 +240,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the memory probes")
     parser.add_argument("--memory-probe", nargs=2, metavar=("ARCH", "NORM"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--fold-eval", metavar="bn|random|CHECKPOINT",
+                        help="eval forward of BN vs SSN vs folded SSN (see the docstring)")
     args = parser.parse_args(argv)
+    if args.fold_eval:
+        print(report(args, fold_eval_variants(args), {}))
+        return
     if args.memory_probe:
         print(json.dumps({"peak_mib": probe_memory(args, *args.memory_probe)}))
         return

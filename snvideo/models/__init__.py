@@ -54,8 +54,12 @@ def build_model(arch: str, num_classes: int, norm: str = "sn",
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; valid archs: {', '.join(ARCHS)}")
-    return ARCHS[arch](num_classes=num_classes, make_norm=norm_factory(norm, norm_kwargs),
-                       dropout=dropout, **arch_kwargs)
+    make_norm = norm_factory(norm, norm_kwargs)
+    model = ARCHS[arch](num_classes=num_classes, make_norm=make_norm, dropout=dropout,
+                        **arch_kwargs)
+    if make_norm.shared_importance is not None:  # norm_kwargs {shared_importance: true}
+        model.add_module("norm_importance", make_norm.shared_importance)
+    return model
 
 
 __all__ = ["ARCHS", "FreezeResult", "InflateResult", "PretrainedError", "PretrainedResult",

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from snvideo.norm import build_norm, is_switch_norm
+from snvideo.norm import SharedImportance, build_norm, is_switch_norm
 
 # A function from a channel count to a fresh 3D norm layer.
 NormFactory = Callable[[int], nn.Module]
@@ -20,8 +20,17 @@ class NormBuildError(ValueError):
 
 def norm_factory(norm: str, norm_kwargs: Mapping[str, Any] | None = None) -> NormFactory:
     """Bind a norm kind and its constructor kwargs once; blocks only pass the channel count.
-    A kind or kwargs the layer refuses raise NormBuildError (the message says which layer)."""
+    A kind or kwargs the layer refuses raise NormBuildError (the message says which layer).
+
+    `shared_importance: true` (SN kinds) makes one SharedImportance pair for every layer the
+    factory builds; it is the factory's `shared_importance` attribute, which build_model
+    registers on the model as `norm_importance`."""
     kwargs = dict(norm_kwargs or {})
+    shared = kwargs.pop("shared_importance", False)
+    if shared not in (True, False):
+        raise NormBuildError(f"shared_importance must be true or false, got {shared!r}")
+    if shared:
+        kwargs["shared_importance"] = SharedImportance(3 if kwargs.get("using_bn", True) else 2)
 
     def make(num_features: int) -> nn.Module:
         try:
@@ -29,6 +38,7 @@ def norm_factory(norm: str, norm_kwargs: Mapping[str, Any] | None = None) -> Nor
         except (TypeError, ValueError) as e:
             raise NormBuildError(f"{e} (a {norm} layer of {num_features} channels)") from None
 
+    make.shared_importance = kwargs.get("shared_importance")  # type: ignore[attr-defined]
     return make
 
 
