@@ -15,6 +15,7 @@ needs_triton = pytest.mark.skipif(not triton_sn.can_run(torch.empty(1)),
                                   reason="triton kernels cannot run on CPU tensors here")
 
 CHANNELS = 4
+RADIUS = 0.3  # Sparse SN: a radius where the weights are still mixed
 
 
 def make_inputs():
@@ -44,14 +45,16 @@ def _count_collectives() -> list[str]:
 
 
 def _worker(rank: int, world: int, init_file: str, splits: list[int], out_dir: str,
-            kernel: str) -> None:
+            kernel: str, importance: str = "softmax") -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     x, grad_out, state = make_inputs()
     start = sum(splits[:rank])
     rows = slice(start, start + splits[rank])
-    layer = SyncSwitchNorm(CHANNELS, kernel=kernel)
+    layer = SyncSwitchNorm(CHANNELS, kernel=kernel, importance=importance)
     layer.load_state_dict({**layer.state_dict(), **state})
+    if importance == "sparsestmax":
+        layer.set_radius(RADIUS)
     x_local = x[rows].clone().requires_grad_()
     collectives = _count_collectives()
     for _ in range(2):  # two steps: running statistics accumulate over both
@@ -70,16 +73,20 @@ def _worker(rank: int, world: int, init_file: str, splits: list[int], out_dir: s
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("splits,kernel", [([3, 2], "eager"), ([1, 4], "eager"),
-                                           pytest.param([3, 2], "triton", marks=needs_triton)])
-def test_two_process_sync_equals_single_process(tmp_path, splits, kernel):
-    """Also with the Triton kernels (interpreted on CPU) around the all-reduces."""
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), splits, str(tmp_path), kernel), nprocs=2,
-             join=True)
+@pytest.mark.parametrize("splits,kernel,importance", [
+    ([3, 2], "eager", "softmax"), ([1, 4], "eager", "softmax"),
+    ([3, 2], "eager", "sparsestmax"),  # syncssn
+    pytest.param([3, 2], "triton", "softmax", marks=needs_triton)])
+def test_two_process_sync_equals_single_process(tmp_path, splits, kernel, importance):
+    """Also with the Triton kernels (interpreted on CPU) around the all-reduces, and Sparse SN."""
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), splits, str(tmp_path), kernel, importance),
+             nprocs=2, join=True)
 
     x, grad_out, state = make_inputs()
-    single = SwitchNorm3d(CHANNELS)
+    single = SwitchNorm3d(CHANNELS, importance=importance)
     single.load_state_dict({**single.state_dict(), **state})
+    if importance == "sparsestmax":
+        single.set_radius(RADIUS)
     x = x.clone().requires_grad_()
     for _ in range(2):
         x.grad = None
