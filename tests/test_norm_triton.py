@@ -52,6 +52,19 @@ def _reference_outputs(layer, x, grad_out, training, **importance):
     return y.detach(), [x64.grad] + [p.grad for p in params]
 
 
+def _check_against_reference(layer, x, grad_out, training, **importance):
+    """layer(x) and its gradients (x, then each parameter) equal the float64 reference's;
+    returns y."""
+    expected, expected_grads = _reference_outputs(layer, x, grad_out, training, **importance)
+    y = layer(x)
+    y.backward(grad_out)
+    torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4)
+    params = [layer.mean_weight, layer.var_weight, layer.weight, layer.bias]
+    for got, want in zip([x.grad] + [p.grad for p in params], expected_grads):
+        torch.testing.assert_close(got.double(), want, rtol=1e-3, atol=1e-4)
+    return y
+
+
 @needs_triton
 @pytest.mark.parametrize("shape,channels_last", CASES)
 @pytest.mark.parametrize("using_bn", [True, False])
@@ -60,16 +73,10 @@ def test_triton_matches_float64_reference(shape, channels_last, using_bn, traini
     layer = _layer(shape[1], using_bn, training)
     x = _input(shape, channels_last).requires_grad_()
     grad_out = _input(shape, channels_last, mean=0.0, std=1.0, seed=1)
-    expected, expected_grads = _reference_outputs(layer, x, grad_out, training)
-    y = layer(x)
+    y = _check_against_reference(layer, x, grad_out, training)
     assert y.shape == x.shape and y.dtype == x.dtype
     if channels_last:
         assert y.is_contiguous(memory_format=torch.channels_last_3d)
-    y.backward(grad_out)
-    torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4)
-    params = [layer.mean_weight, layer.var_weight, layer.weight, layer.bias]
-    for got, want in zip([x.grad] + [p.grad for p in params], expected_grads):
-        torch.testing.assert_close(got.double(), want, rtol=1e-3, atol=1e-4)
 
 
 @needs_triton
@@ -86,14 +93,8 @@ def test_triton_ssn_matches_float64_reference(shape, channels_last, training):
     layer.set_radius(0.3)
     x = _input(shape, channels_last).requires_grad_()
     grad_out = _input(shape, channels_last, mean=0.0, std=1.0, seed=1)
-    expected, expected_grads = _reference_outputs(
-        layer, x, grad_out, training, importance=lambda logits: sparsestmax(logits, 0.3))
-    y = layer(x)
-    y.backward(grad_out)
-    torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4)
-    params = [layer.mean_weight, layer.var_weight, layer.weight, layer.bias]
-    for got, want in zip([x.grad] + [p.grad for p in params], expected_grads):
-        torch.testing.assert_close(got.double(), want, rtol=1e-3, atol=1e-4)
+    _check_against_reference(layer, x, grad_out, training,
+                             importance=lambda logits: sparsestmax(logits, 0.3))
 
 
 @needs_triton
@@ -434,13 +435,7 @@ def test_splits_summed_by_the_last_program_and_samples_in_blocks(shape, channels
     splits, _ = triton_sn._split(shape[0], -(-shape[1] // block_c), rows.shape[2], block_m)
     assert splits > 1 or shape[0] > triton_sn._MIX_BLOCK_N
     grad_out = _input(shape, channels_last, mean=0.0, std=1.0, seed=1)
-    expected, expected_grads = _reference_outputs(layer, x, grad_out, True)
-    y = layer(x)
-    y.backward(grad_out)
-    torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4)
-    params = [layer.mean_weight, layer.var_weight, layer.weight, layer.bias]
-    for got, want in zip([x.grad] + [p.grad for p in params], expected_grads):
-        torch.testing.assert_close(got.double(), want, rtol=1e-3, atol=1e-4)
+    _check_against_reference(layer, x, grad_out, True)
     assert triton_sn._COUNTERS[x.device].count_nonzero() == 0
 
 

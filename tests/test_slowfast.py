@@ -15,7 +15,6 @@ import os
 
 import pytest
 import torch
-import yaml
 from torch import nn
 
 import train as train_script
@@ -27,6 +26,8 @@ from snvideo.models.info import main as info_main
 from snvideo.models.info import model_info
 from snvideo.models.slowfast import SlowFast, slow_frame_indices
 from snvideo.norm import NORM_KINDS, build_norm, convert_bn_to_sn, is_switch_norm
+from test_models import assert_checkpointing_is_exact
+from test_train import write_config as train_config
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "pyslowfast")
 TINY = {"widen_factor": 0.25}  # Slow stem 16 channels, Fast 2: cheap on a CPU
@@ -268,19 +269,9 @@ def test_zero_init_last_norm_and_freeze_backbone():
 
 # --- training ------------------------------------------------------------------------------------
 def test_a_training_step_through_train_py_on_the_demo_data(tmp_path, tiny_data):
-    cfg = {
-        "work_dir": str(tmp_path / "work"),
-        "model": {"arch": "slowfast_r50", "norm": "sn", "dropout": 0.0, "arch_kwargs": TINY},
-        "data": {"root": str(tiny_data / "videos"),
-                 "train_ann": str(tiny_data / "annotations" / "train.csv"),
-                 "val_ann": str(tiny_data / "annotations" / "val.csv"),
-                 "clip_len": 8, "frame_interval": 2, "batch_size": 4, "num_workers": 0,
-                 "short_side": 32, "crop_size": 28},
-        "train": {"epochs": 1, "lr": 0.05, "log_interval": 1, "clip_grad": None},
-        "test": {"num_clips": 1, "num_crops": 1, "num_workers": 0},
-    }
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = train_config(tmp_path, tiny_data,
+                        model={"arch": "slowfast_r50", "norm": "sn", "arch_kwargs": TINY},
+                        data={"clip_len": 8}, test={"num_clips": 1})
     start = build_model("slowfast_r50", 3, norm="sn", dropout=0.0, **TINY).state_dict()
     assert train_script.main(["--config", str(path)]) == 0
     state = load_checkpoint(str(tmp_path / "work" / "latest.pt"))["model"]
@@ -290,37 +281,14 @@ def test_a_training_step_through_train_py_on_the_demo_data(tmp_path, tiny_data):
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
-def _train_step(model: nn.Module, clip: torch.Tensor) -> tuple[torch.Tensor, int]:
-    saved = 0
-
-    def pack(t):
-        nonlocal saved
-        saved += 1
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        logits = model(clip)
-    logits.square().sum().backward()
-    return logits.detach(), saved
-
-
 def test_checkpoint_stages_gives_identical_outputs_grads_and_running_stats():
     """Each pathway's blocks checkpointed one by one (as test_models checks for the ResNets)."""
     torch.manual_seed(0)
     plain = build_model("slowfast_r50", 5, norm="sn", dropout=0.0, **TINY)
     checkpointed = build_model("slowfast_r50", 5, norm="sn", dropout=0.0, checkpoint_stages=True,
                                **TINY)
-    checkpointed.load_state_dict(plain.state_dict())
     clip = torch.randn(2, 3, 8, 32, 32)
-    for _ in range(2):
-        out_plain, saved_plain = _train_step(plain, clip)
-        out_ckpt, saved_ckpt = _train_step(checkpointed, clip)
-        torch.testing.assert_close(out_ckpt, out_plain, rtol=0, atol=0)
-    assert saved_ckpt < saved_plain / 2  # the stages' activations were not kept
-    for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, rtol=0, atol=0, msg=name)
-    for (name, a), b in zip(plain.state_dict().items(), checkpointed.state_dict().values()):
-        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
+    assert_checkpointing_is_exact(plain, checkpointed, clip)
     assert checkpointed.s3.pathway1_res0.branch2.a_bn.num_batches_tracked.item() == 2
     with torch.no_grad():  # eval: no checkpointing, same outputs
         torch.testing.assert_close(checkpointed.eval()(clip), plain.eval()(clip), rtol=0, atol=0)

@@ -13,7 +13,6 @@ import os
 
 import pytest
 import torch
-import yaml
 from torch import nn
 
 import train as train_script
@@ -24,6 +23,8 @@ from snvideo.models import ARCHS, build_model, detect_format, freeze_backbone, l
 from snvideo.models.info import model_info
 from snvideo.models.x3d import X3D_PRESETS, X3DBlock
 from snvideo.norm import NORM_KINDS, build_norm, is_switch_norm
+from test_models import assert_checkpointing_is_exact
+from test_train import write_config as train_config
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "pyslowfast")
 _spec = importlib.util.spec_from_file_location("seeded_weights",
@@ -188,21 +189,11 @@ def test_group_norm_groups_follow_the_default_rule():
 
 
 # --- training -----------------------------------------------------------------------------------
-def write_config(tmp_path, data_root, **model) -> str:
-    cfg = {
-        "work_dir": str(tmp_path / "work"),
-        "model": {"arch": "x3d_xs", "norm": "sn", "dropout": 0.0, "arch_kwargs": TINY, **model},
-        "data": {"root": str(data_root / "videos"),
-                 "train_ann": str(data_root / "annotations" / "train.csv"),
-                 "val_ann": str(data_root / "annotations" / "val.csv"),
-                 "clip_len": 4, "frame_interval": 2, "batch_size": 4, "num_workers": 0,
-                 "short_side": 32, "crop_size": 32},
-        "train": {"epochs": 1, "lr": 0.05, "log_interval": 1, "clip_grad": None},
-        "test": {"num_clips": 1, "num_crops": 1, "num_workers": 0},
-    }
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
+def write_config(tmp_path, data_root) -> str:
+    """test_train's tiny config with a tiny x3d_xs."""
+    return train_config(tmp_path, data_root,
+                        model={"arch": "x3d_xs", "norm": "sn", "arch_kwargs": TINY},
+                        data={"crop_size": 32}, test={"num_clips": 1})
 
 
 def test_training_step_through_train_py(tmp_path, tiny_data):
@@ -220,37 +211,14 @@ def test_training_step_through_train_py(tmp_path, tiny_data):
     assert result.format == "snvideo" and not result.missing and not result.skipped
 
 
-def _train_step(model: nn.Module, clip: torch.Tensor) -> tuple[torch.Tensor, int]:
-    saved = 0
-
-    def pack(t):
-        nonlocal saved
-        saved += 1
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        logits = model(clip)
-    logits.square().sum().backward()
-    return logits.detach(), saved
-
-
 @pytest.mark.parametrize("norm", ["bn", "sn"])
 def test_checkpoint_stages_gives_identical_outputs_grads_and_running_stats(norm):
     torch.manual_seed(0)
     plain = build_model("x3d_xs", 5, norm=norm, dropout=0.0, **TINY)
     checkpointed = build_model("x3d_xs", 5, norm=norm, dropout=0.0, checkpoint_stages=True,
                                **TINY)
-    checkpointed.load_state_dict(plain.state_dict())
     clip = torch.randn(*TINY_CLIP)
-    for _ in range(2):
-        out_plain, saved_plain = _train_step(plain, clip)
-        out_ckpt, saved_ckpt = _train_step(checkpointed, clip)
-        torch.testing.assert_close(out_ckpt, out_plain, rtol=0, atol=0)
-    assert saved_ckpt < saved_plain / 2  # the stages' activations were not kept
-    for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, rtol=0, atol=0, msg=name)
-    for (name, a), b in zip(plain.state_dict().items(), checkpointed.state_dict().values()):
-        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
+    assert_checkpointing_is_exact(plain, checkpointed, clip)
     assert checkpointed.s3[0].branch2.a_bn.num_batches_tracked.item() == 2
 
 

@@ -391,25 +391,21 @@ def _mix_backward_kernel(dot_ptr, sum_ptr, nc_ptr, ln_ptr, bn_ptr, mean_logits_p
         tl.store(scratch_ptr + 2 * N + C + cs, bn_gv, mask=c_ok)
     wm0, wm1, wm2 = _softmax3(mean_logits_ptr, K, SOFTMAX)
     wv0, wv1, wv2 = _softmax3(var_logits_ptr, K, SOFTMAX)
-    dtype = grad_mean_logits_ptr.dtype.element_ty
-    if SOFTMAX:  # softmax backward: d logit_k = w_k * (g_k - sum_j w_j g_j)
+    # d weight_k = acc_k; through the softmax: d logit_k = w_k * (acc_k - sum_j w_j acc_j)
+    g_m0, g_m1, g_m2, g_v0, g_v1, g_v2 = acc_m0, acc_m1, acc_m2, acc_v0, acc_v1, acc_v2
+    if SOFTMAX:
         dot_m = wm0 * acc_m0 + wm1 * acc_m1 + wm2 * acc_m2
         dot_v = wv0 * acc_v0 + wv1 * acc_v1 + wv2 * acc_v2
-        tl.store(grad_mean_logits_ptr, (wm0 * (acc_m0 - dot_m)).to(dtype))
-        tl.store(grad_mean_logits_ptr + 1, (wm1 * (acc_m1 - dot_m)).to(dtype))
-        tl.store(grad_var_logits_ptr, (wv0 * (acc_v0 - dot_v)).to(dtype))
-        tl.store(grad_var_logits_ptr + 1, (wv1 * (acc_v1 - dot_v)).to(dtype))
-        if K == 3:
-            tl.store(grad_mean_logits_ptr + 2, (wm2 * (acc_m2 - dot_m)).to(dtype))
-            tl.store(grad_var_logits_ptr + 2, (wv2 * (acc_v2 - dot_v)).to(dtype))
-    else:  # given weights: d weight_k = g_k
-        tl.store(grad_mean_logits_ptr, acc_m0.to(dtype))
-        tl.store(grad_mean_logits_ptr + 1, acc_m1.to(dtype))
-        tl.store(grad_var_logits_ptr, acc_v0.to(dtype))
-        tl.store(grad_var_logits_ptr + 1, acc_v1.to(dtype))
-        if K == 3:
-            tl.store(grad_mean_logits_ptr + 2, acc_m2.to(dtype))
-            tl.store(grad_var_logits_ptr + 2, acc_v2.to(dtype))
+        g_m0, g_m1, g_m2 = wm0 * (acc_m0 - dot_m), wm1 * (acc_m1 - dot_m), wm2 * (acc_m2 - dot_m)
+        g_v0, g_v1, g_v2 = wv0 * (acc_v0 - dot_v), wv1 * (acc_v1 - dot_v), wv2 * (acc_v2 - dot_v)
+    dtype = grad_mean_logits_ptr.dtype.element_ty
+    tl.store(grad_mean_logits_ptr, g_m0.to(dtype))
+    tl.store(grad_mean_logits_ptr + 1, g_m1.to(dtype))
+    tl.store(grad_var_logits_ptr, g_v0.to(dtype))
+    tl.store(grad_var_logits_ptr + 1, g_v1.to(dtype))
+    if K == 3:
+        tl.store(grad_mean_logits_ptr + 2, g_m2.to(dtype))
+        tl.store(grad_var_logits_ptr + 2, g_v2.to(dtype))
     tl.debug_barrier()
     # pass 3: back to the IN moments, directly, through LN (sums over C), through BN (over N)
     for n0 in range(0, N, BLOCK_N):
